@@ -1,0 +1,1 @@
+"""Lightning callbacks: results files, robust evaluation."""

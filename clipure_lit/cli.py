@@ -1,0 +1,76 @@
+"""Shared command-line behaviour of ``eval.py`` and ``train.py``: help text, config printing, error reporting."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from enum import Enum
+from typing import Callable, Sequence
+
+from clipure_lit.errors import ClipureError
+
+USAGE = """usage: python {prog} [group=choice ...] [dotted.key=value ...] [file.yaml ...] [--cfg] [--help]
+
+{what}
+
+Config groups (files in conf/<group>/):
+{groups}
+
+Keys (schema defaults; override with key=value, YAML syntax for values):
+{keys}
+
+Examples:
+  python {prog} experiment=tiny
+  python {prog} clip=vitl14_openai data=imagenet data.root=/data/imagenet/val prompts=imagenet
+  python {prog} experiment=tiny purifier.latent=identity data.num_samples=32
+
+--cfg prints the composed config and exits. Errors in the config are reported before any model is built.
+"""
+
+
+def _schema_lines(cls, prefix: str = "") -> list[str]:
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            lines += _schema_lines(type(default), f"{prefix}{f.name}.")
+            continue
+        shown = default.value if isinstance(default, Enum) else default
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {prefix}{f.name}: {type_name} = {shown!r}")
+    return lines
+
+
+def help_text(prog: str, what: str) -> str:
+    from clipure_lit.config.loader import GROUPS, list_choices
+    from clipure_lit.config.schema import RunCfg
+
+    groups = "\n".join(f"  {g:<11} {', '.join(list_choices(g)) or '-'}" for g in GROUPS)
+    return USAGE.format(prog=prog, what=what, groups=groups, keys="\n".join(_schema_lines(RunCfg)))
+
+
+def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[object], dict],
+            report: Callable[[dict], str] | None = None) -> dict:
+    """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(prog, what))
+        return {}
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clipure_lit.config.loader import load_config, to_yaml
+
+    show_cfg = "--cfg" in argv
+    argv = [a for a in argv if a != "--cfg"]
+    try:
+        cfg = load_config(argv)
+        if show_cfg:
+            print(to_yaml(cfg))
+            return {}
+        metrics = job(cfg)
+    except ClipureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if report is not None:
+        print(report(metrics))
+    return metrics

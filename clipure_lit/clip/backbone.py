@@ -1,0 +1,129 @@
+"""The CLIP image/text encoders behind one module whose image input is the attack's threat-model space.
+
+Inputs are images in [0, 1] at the attack resolution (32x32 for CIFAR, 224x224 for ImageNet). Resizing to the
+encoder's input size and the mean/std normalisation happen *inside* this module, so an attack's epsilon-ball is
+defined on the input pixels, as in AutoAttack/RobustBench and in the released CLIPure code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipure_lit.config.schema import ClipCfg, Precision
+from clipure_lit.errors import ConfigError
+from clipure_lit.utils.paths import resolve_path
+
+log = logging.getLogger(__name__)
+
+# Parameter-name substrings the released code casts to fp16 (matmul weights of both towers); names that
+# contain 'ln_' (LayerNorms) stay fp32. Note that 'proj' also matches attn.out_proj and mlp.c_proj, as released.
+_RELEASED_FP16_KEYS = ("mlp", "attn", "conv1", "visual.proj", "text_projection", "q_proj", "proj.bias", "proj")
+
+
+class ClipBackbone(nn.Module):
+    """Wraps an open_clip ``CLIP`` model.
+
+    ``encode_image``: ``x [B, 3, H, W]`` in [0, 1] -> unit-norm fp32 embeddings ``[B, D]``.
+    ``encode_text``: token ids ``[N, L]`` -> fp32 text features ``[N, D]`` (not normalised).
+    """
+
+    def __init__(self, model: nn.Module, image_size: int, mean: tuple, std: tuple, resize_mode: str = "bicubic",
+                 input_dtype: torch.dtype = torch.float32, name: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.resize_mode = resize_mode
+        self.input_dtype = input_dtype
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") and self.model.text_projection is not None \
+            else int(self.model.visual.output_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().float().exp())
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """[0, 1] images at any size -> normalised encoder input [B, 3, S, S]."""
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            align = None if self.resize_mode == "nearest" else False
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.resize_mode, align_corners=align)
+        return (x - self.mean) / self.std
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        features = self.model.encode_image(self.preprocess(x).to(self.input_dtype))  # [B, D]
+        return F.normalize(features.float(), dim=-1)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        return self.model.encode_text(tokens).float()  # [N, D]
+
+
+def apply_released_mixed_precision(model: nn.Module) -> None:
+    """The released CLIPure precision: fp16-rounded weights, matmul weights stored in fp16, LayerNorms,
+    embeddings and the logit scale in fp32 (reference section 3.2)."""
+    for name, param in model.named_parameters():
+        param.data = param.data.half().float()
+        if any(key in name for key in _RELEASED_FP16_KEYS) and "ln_" not in name:
+            param.data = param.data.half()
+
+
+def register_model_config(cfg: ClipCfg) -> None:
+    """Make a custom open_clip model-config JSON available under ``cfg.arch``."""
+    import open_clip
+
+    if cfg.model_config is None:
+        return
+    path = resolve_path(cfg.model_config, "open_clip model config (clip.model_config)")
+    if path.stem != cfg.arch:
+        raise ConfigError(
+            f"clip.model_config='{cfg.model_config}' registers a model named '{path.stem}' (its file stem), but "
+            f"clip.arch='{cfg.arch}'. Fix: set clip.arch={path.stem}."
+        )
+    open_clip.add_model_config(Path(path))
+
+
+def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
+    """Build the backbone and tokenizer named by ``cfg``.
+
+    Returns:
+        ``(ClipBackbone, tokenizer)``; the backbone is in eval mode with frozen parameters.
+
+    Raises:
+        WeightsUnavailableError: weights are not cached and cannot be downloaded (fails within seconds).
+    """
+    import open_clip
+
+    from clipure_lit.clip.weights import ensure_weights_available
+
+    register_model_config(cfg)
+    ensure_weights_available(cfg.arch, cfg.pretrained, cfg.cache_dir)
+    pretrained = cfg.pretrained
+    if pretrained is not None and Path(pretrained).is_file():
+        pretrained = str(Path(pretrained).resolve())
+    with torch.random.fork_rng(devices=[]):
+        # Random initialisation (pretrained=None) must not depend on, or disturb, the global RNG.
+        torch.manual_seed(cfg.init_seed)
+        model = open_clip.create_model(cfg.arch, pretrained=pretrained, cache_dir=cfg.cache_dir, device=device)
+    model.eval().requires_grad_(False)
+    input_dtype = torch.float32
+    if cfg.precision == Precision.mixed_fp16:
+        apply_released_mixed_precision(model)
+        input_dtype = torch.float16
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+    backbone = ClipBackbone(model, size, mean, std, cfg.resize_mode.value if hasattr(cfg.resize_mode, "value") else str(cfg.resize_mode),
+                            input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}")
+    tokenizer = open_clip.get_tokenizer(cfg.arch)
+    return backbone.to(device), tokenizer

@@ -1,0 +1,116 @@
+"""Prompt templates and class names as data, never retyped.
+
+Sources:
+* open_clip's ``zero_shot_metadata``: the 80 OpenAI ImageNet templates (``openai_imagenet_80``), the 7 simple
+  ones (``simple_imagenet_7``) and the 1000 ImageNet class names (``imagenet1k``);
+* CLIP_benchmark's ``en_zeroshot_classification_templates.json`` and ``en_classnames.json``: every other
+  dataset's templates (``cifar10``, ``cars``, ...) and class names;
+* a user JSON file in CLIP_benchmark's format: ``path.json`` (a list, or a mapping with one key) or
+  ``path.json:key``.
+
+Templates are ``str.format`` strings with a ``{c}`` placeholder. The blank prompts of CLIPure are the templates
+formatted with an empty class name, keeping their artefacts ("a bad photo of a .", "a  in a video game.").
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+
+from clipure_lit.errors import ConfigError
+from clipure_lit.utils.paths import find_path
+
+OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet_80", "simple_imagenet_7")
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_benchmark_json(filename: str) -> dict:
+    return json.loads((resources.files("clip_benchmark.datasets") / filename).read_text(encoding="utf-8"))
+
+
+def clip_benchmark_templates() -> dict[str, list[str]]:
+    return _clip_benchmark_json("en_zeroshot_classification_templates.json")
+
+
+def clip_benchmark_classnames() -> dict[str, list[str]]:
+    return _clip_benchmark_json("en_classnames.json")
+
+
+def available_template_sets() -> list[str]:
+    return sorted(set(OPEN_CLIP_TEMPLATE_SETS) | set(clip_benchmark_templates()))
+
+
+def available_classname_sets() -> list[str]:
+    return sorted({"imagenet1k"} | set(clip_benchmark_classnames()))
+
+
+def _from_json_file(spec: str, kind: str) -> list[str] | None:
+    """Load ``path.json`` or ``path.json:key``; None when ``spec`` is not a JSON file reference."""
+    path_part, _, key = spec.partition(".json")
+    if not _ and not spec.endswith(".json"):
+        return None
+    path_str = path_part + ".json"
+    key = key.lstrip(":")
+    found = find_path(path_str)
+    if found is None:
+        raise ConfigError(f"{kind} file '{path_str}' does not exist. Fix the path (relative paths start at the current directory).")
+    data = json.loads(found.read_text(encoding="utf-8"))
+    if isinstance(data, list):
+        return [str(x) for x in data]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} file '{path_str}' must hold a list or a mapping of name -> list, got {type(data).__name__}.")
+    if not key:
+        if len(data) != 1:
+            raise ConfigError(f"{kind} file '{path_str}' has several entries {sorted(data)}; pick one with '{path_str}:<key>'.")
+        key = next(iter(data))
+    if key not in data:
+        raise ConfigError(f"{kind} file '{path_str}' has no entry '{key}'. Entries: {sorted(data)}.")
+    return [str(x) for x in data[key]]
+
+
+def get_templates(name: str) -> list[str]:
+    """Templates of a named set as ``{c}`` format strings."""
+    from_file = _from_json_file(name, "Template")
+    if from_file is not None:
+        return from_file
+    if name in OPEN_CLIP_TEMPLATE_SETS:
+        from open_clip import zero_shot_metadata as meta
+
+        fns = meta.OPENAI_IMAGENET_TEMPLATES if name == "openai_imagenet_80" else meta.SIMPLE_IMAGENET_TEMPLATES
+        # open_clip stores them as callables; calling with the placeholder itself yields the format string.
+        return [fn("{c}") for fn in fns]
+    table = clip_benchmark_templates()
+    if name in table:
+        return list(table[name])
+    raise ConfigError(
+        f"Unknown template set '{name}'. Valid sets: {available_template_sets()}, or a JSON file 'path.json[:key]' "
+        "in CLIP_benchmark's format."
+    )
+
+
+def get_classnames(name: str) -> list[str]:
+    """Class names of a named set (``imagenet1k`` from open_clip, others from CLIP_benchmark) or a JSON file."""
+    from_file = _from_json_file(name, "Class-name")
+    if from_file is not None:
+        return from_file
+    if name == "imagenet1k":
+        from open_clip import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    table = clip_benchmark_classnames()
+    if name in table:
+        return list(table[name])
+    raise ConfigError(
+        f"Unknown class-name set '{name}'. Valid sets: {available_classname_sets()}, a JSON file 'path.json[:key]', "
+        "or null to use the dataset's own class names."
+    )
+
+
+def format_prompts(templates: list[str], classname: str) -> list[str]:
+    return [t.format(c=classname) for t in templates]
+
+
+def blank_prompts(templates: list[str]) -> list[str]:
+    """Templates with the class name removed, exactly as ``template.format(c="")`` leaves them."""
+    return format_prompts(templates, "")

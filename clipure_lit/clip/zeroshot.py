@@ -1,0 +1,106 @@
+"""Text embeddings for the zero-shot head and the blank anchor, with an on-disk cache.
+
+Class embedding (open_clip's convention): for each class, encode every template, L2-normalise each prompt
+embedding, average, and renormalise: ``C[:, k] = normalize(mean_t normalize(f_text(t(c_k))))`` -> ``C`` is
+``[D, K]``. Logits are ``s * z @ C`` with ``z`` the unit image embedding and ``s`` the logit scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipure_lit.clip.prompts import format_prompts
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_prompts(backbone, tokenizer, prompts: list[str], batch_size: int = 256) -> Tensor:
+    """Unit-norm text embeddings ``[N, D]`` of a list of prompts, computed in batches."""
+    device = backbone.mean.device
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start:start + batch_size]).to(device)
+        chunks.append(F.normalize(backbone.encode_text(tokens), dim=-1))
+    return torch.cat(chunks)
+
+
+def class_embeddings(backbone, tokenizer, classnames: list[str], templates: list[str]) -> Tensor:
+    """The ``[D, K]`` class-embedding matrix (unit columns)."""
+    columns = [F.normalize(encode_prompts(backbone, tokenizer, format_prompts(templates, c)).mean(0), dim=0) for c in classnames]
+    return torch.stack(columns, dim=1)
+
+
+def text_tower_fingerprint(backbone) -> str:
+    """A cheap fingerprint of the weights that produce text embeddings (sums of every non-visual parameter),
+    so cached embeddings of randomly initialised or fine-tuned models are never confused."""
+    sums = [torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+            for name, p in backbone.model.named_parameters() if not name.startswith("visual.")]
+    digest = hashlib.sha256(torch.cat(sums).numpy().tobytes()).hexdigest() if sums else "none"
+    return digest[:16]
+
+
+class TextEmbeddingCache:
+    """Stores text-embedding tensors under ``cache_dir``, keyed by everything that determines them."""
+
+    def __init__(self, cache_dir: str | Path | None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    def key(self, backbone, kind: str, prompts_spec: dict) -> str:
+        payload = json.dumps({"model": backbone.name, "fp": text_tower_fingerprint(backbone), "dtype": str(backbone.input_dtype),
+                              "kind": kind, **prompts_spec}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+    def get_or_compute(self, key: str, compute) -> Tensor:
+        path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a truncated file from a killed run: recompute
+                log.warning("Ignoring unreadable text-embedding cache %s (%s)", path, exc)
+        value = compute().cpu()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(value, tmp)
+            tmp.replace(path)  # atomic, so concurrent ranks never read half a file
+        return value
+
+
+class ZeroShotHead(nn.Module):
+    """``z [B, D]`` (unit norm) -> logits ``[B, K] = logit_scale * z @ C``; ``C`` is a fixed buffer."""
+
+    def __init__(self, class_embeddings: Tensor, logit_scale: float, classnames: list[str] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("class_embeddings", class_embeddings.float())  # [D, K]
+        self.logit_scale = float(logit_scale)
+        self.classnames = list(classnames or [])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[1])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.logit_scale * z @ self.class_embeddings
+
+
+def build_head(backbone, tokenizer, classnames: list[str], templates: list[str], cache: TextEmbeddingCache,
+               logit_scale: float | None = None) -> ZeroShotHead:
+    key = cache.key(backbone, "class", {"classnames": classnames, "templates": templates})
+    weights = cache.get_or_compute(key, lambda: class_embeddings(backbone, tokenizer, classnames, templates))
+    scale = backbone.logit_scale if logit_scale is None else float(logit_scale)
+    return ZeroShotHead(weights, scale, classnames).to(backbone.mean.device)
+
+
+def build_blank_anchor(backbone, tokenizer, prompts: list[str], cache: TextEmbeddingCache) -> Tensor:
+    """Mean of the unit embeddings of the blank prompts, ``[D]`` (not renormalised, as released; only its
+    direction matters to a cosine)."""
+    key = cache.key(backbone, "blank", {"prompts": prompts})
+    return cache.get_or_compute(key, lambda: encode_prompts(backbone, tokenizer, prompts).mean(0))

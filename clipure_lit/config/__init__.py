@@ -1,0 +1,1 @@
+"""Typed configuration: dataclass schemas (``schema``) and composition from ``conf/`` plus overrides (``loader``)."""

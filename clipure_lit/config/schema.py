@@ -1,0 +1,242 @@
+"""Dataclass schemas for every config section, with the defaults in code.
+
+The YAML files in ``conf/<group>/`` only override these defaults, and ``key=value`` arguments override both.
+OmegaConf checks keys and types against these classes; closed vocabularies are ``Enum``s so that a bad value
+is rejected with the list of valid ones. Open vocabularies (model names, datasets, purifiers, template sets)
+are checked against their registries by ``clipure_lit.config.validate`` before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+
+class Precision(str, Enum):
+    """Numerical precision of the CLIP encoders.
+
+    ``fp32``: everything in float32 (the default, and what attacks should use).
+    ``mixed_fp16``: the released CLIPure mode: weights rounded to fp16, encoder matmul weights kept in fp16,
+    LayerNorms and embeddings in fp32, images fed in fp16 (see docs/evaluation.md: it underflows gradients).
+    """
+
+    fp32 = "fp32"
+    mixed_fp16 = "mixed_fp16"
+
+
+class ResizeMode(str, Enum):
+    """Interpolation used inside the model to go from attack resolution to the encoder's input size."""
+
+    bicubic = "bicubic"
+    bilinear = "bilinear"
+    nearest = "nearest"
+
+
+class SubsetMode(str, Enum):
+    """How ``data.num_samples`` images are chosen: the first N in the dataset's canonical order, or N drawn
+    with ``data.subset_seed`` (class-balanced when the dataset exposes its labels)."""
+
+    first = "first"
+    random = "random"
+
+
+class GradMode(str, Enum):
+    """Gradient semantics of an optimisation-based purifier.
+
+    ``as_released``: the inner gradient is computed without ``create_graph`` (as in the official code), so each
+    step's direction is a constant for autograd; attacks then see a near-zero input gradient.
+    ``full``: ``create_graph=True``, the exact white-box gradient through every purification step.
+    """
+
+    as_released = "as_released"
+    full = "full"
+
+
+class NormScope(str, Enum):
+    """Scope of the gradient normalisation in the ascent step: ``batch`` (released: Frobenius norm over the
+    whole batch, so samples are coupled) or ``sample`` (per-sample L2 norm)."""
+
+    batch = "batch"
+    sample = "sample"
+
+
+class LoggerName(str, Enum):
+    csv = "csv"
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    """``auto``: online when W&B credentials are configured, offline otherwise (never blocks on the network)."""
+
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class ClipCfg:
+    # open_clip architecture name (``ViT-B-32``, ``ViT-L-14``, ...) or an ``hf-hub:org/repo`` id.
+    arch: str = "ViT-B-32"
+    # open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...), a local checkpoint path, or null for
+    # random initialisation (tests).
+    pretrained: Optional[str] = "openai"
+    # Optional path to an open_clip model-config JSON; it is registered under its file stem, which must equal
+    # ``arch``. Used for tiny test models and custom architectures.
+    model_config: Optional[str] = None
+    precision: Precision = Precision.fp32
+    resize_mode: ResizeMode = ResizeMode.bicubic
+    # Where open_clip caches downloaded weights (null: its default).
+    cache_dir: Optional[str] = None
+    # Override the logit scale (null: exp(model.logit_scale), which is 100 for OpenAI weights).
+    logit_scale: Optional[float] = None
+    # Seed for random initialisation when ``pretrained`` is null, so random test models are reproducible.
+    init_seed: int = 0
+
+
+@dataclass
+class DataCfg:
+    # Dataset registry name: cifar10, cifar100, imagenet, image_folder, imagenet_sample.
+    name: str = "cifar10"
+    # Where the dataset lives (a torchvision root for CIFAR, the val/ folder for ImageNet, a class-per-folder tree).
+    root: str = "data/cifar10"
+    # Allow torchvision to download CIFAR-10/100 into ``root`` when it is missing.
+    download: bool = True
+    split: str = "test"
+    # Number of evaluated samples (null: all of them).
+    num_samples: Optional[int] = 1000
+    subset: SubsetMode = SubsetMode.first
+    subset_seed: int = 0
+    # A text file with one sample id per line; overrides ``num_samples``/``subset``.
+    ids_file: Optional[str] = None
+    # Attack resolution: images are resized (shorter side) and centre-cropped to this size before the attack.
+    # null: the dataset's native size (32 for CIFAR); ImageNet-style datasets default to 224.
+    image_size: Optional[int] = None
+    # Class names: a set name (``cifar10``, ``imagenet1k``, any CLIP_benchmark dataset), a JSON file
+    # (``path.json`` or ``path.json:key``), or null for the dataset's own.
+    classnames: Optional[str] = None
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class PromptsCfg:
+    # Templates of the zero-shot head: ``openai_imagenet_80``, ``simple_imagenet_7``, any CLIP_benchmark dataset
+    # name (``cifar10``, ``cars``, ...), or a JSON file in CLIP_benchmark's format (``path.json[:key]``).
+    class_templates: str = "cifar10"
+    # Templates of the blank anchor used by CLIPure: formatted with an empty class name. Released: the 80
+    # OpenAI ImageNet templates.
+    blank_templates: str = "openai_imagenet_80"
+    # A single custom blank prompt (e.g. "a photo of a ."); when set it replaces ``blank_templates``.
+    blank_prompt: Optional[str] = None
+    # Directory of the on-disk cache of text embeddings (keyed by model, templates and class names).
+    cache_dir: str = ".cache/clipure_lit/text"
+
+
+@dataclass
+class DiffPriorCfg:
+    """Architecture and weights of the dalle2_pytorch DiffusionPrior used by CLIPure-Diff.
+
+    Defaults are the released LAION ViT-L/14 prior (dim 768, depth 24, 32 heads, 1000 steps, cosine, x0).
+    """
+
+    dim: int = 768
+    depth: int = 24
+    heads: int = 32
+    dim_head: int = 64
+    ff_mult: int = 4
+    normformer: bool = True
+    attn_dropout: float = 0.05
+    ff_dropout: float = 0.05
+    timesteps: int = 1000
+    beta_schedule: str = "cosine"
+    predict_x_start: bool = True
+    # Scale applied to unit embeddings before diffusion (null: sqrt(dim), as the prior was trained).
+    image_embed_scale: Optional[float] = None
+    # Path to the prior checkpoint (state dict, or a dict with ``ema_model``/``model``). null: random weights
+    # (only for tests).
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class DiffCfg:
+    # Timestep range of the denoising loss (released: uniform in [900, 999], one t per batch).
+    t_min: int = 900
+    t_max: int = 999
+    t_per_sample: bool = False
+    # Noise draws averaged per step (released: 1).
+    n_noise: int = 1
+    prior: DiffPriorCfg = field(default_factory=DiffPriorCfg)
+
+
+@dataclass
+class PurifierCfg:
+    # Latent purifier (acts on unit image embeddings [B, D]): identity, clipure_cos, clipure_diff.
+    latent: str = "identity"
+    # Pixel purifier (acts on images [B, 3, H, W] in [0, 1]): identity, ...
+    pixel: str = "identity"
+    # The ascent loop shared by CLIPure-Cos and CLIPure-Diff (released: 10 steps of size 30, no momentum).
+    num_steps: int = 10
+    step_size: float = 30.0
+    momentum: float = 0.0
+    grad_mode: GradMode = GradMode.as_released
+    norm_scope: NormScope = NormScope.batch
+    # Batch size a batch-coupled purifier is meant to run at (released: 2); a warning fires when the evaluated
+    # batch size differs. null: the data batch size.
+    batch_size: Optional[int] = None
+    # Record per-step cos(z, anchor) and cos(z, z0) diagnostics.
+    diagnostics: bool = False
+    # Seed of the purifier's own torch.Generator (stochastic purifiers never use the global RNG).
+    seed: int = 0
+    diff: DiffCfg = field(default_factory=DiffCfg)
+
+
+@dataclass
+class AttackCfg:
+    # Names of the attacks to run in the test loop (empty: clean accuracy only).
+    run: List[str] = field(default_factory=list)
+    norm: str = "Linf"
+    # Linf: in units of 1/255 (4 means 4/255, as released); L2: the float radius.
+    eps: float = 4.0
+    seed: int = 0
+
+
+@dataclass
+class TrainerCfg:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    # Gradient attacks and optimisation-based purifiers need autograd in the test loop.
+    inference_mode: bool = False
+    limit_test_batches: Optional[Any] = None
+    enable_progress_bar: bool = True
+    # Threads per process for CPU runs (null: torch's default).
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class LoggerCfg:
+    name: LoggerName = LoggerName.csv
+    project: str = "clipure_lit"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: WandbMode = WandbMode.auto
+
+
+@dataclass
+class RunCfg:
+    # Name of the run; the run folder is ``<output_root>/<name>/<timestamp>`` unless ``run_dir`` is set.
+    name: str = "eval"
+    output_root: str = "runs"
+    run_dir: Optional[str] = None
+    seed: int = 0
+    clip: ClipCfg = field(default_factory=ClipCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    prompts: PromptsCfg = field(default_factory=PromptsCfg)
+    purifier: PurifierCfg = field(default_factory=PurifierCfg)
+    attack: AttackCfg = field(default_factory=AttackCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    logger: LoggerCfg = field(default_factory=LoggerCfg)

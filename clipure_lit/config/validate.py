@@ -1,0 +1,64 @@
+"""Checks of open vocabularies and option combinations, run on every composed config before any model is built."""
+
+from __future__ import annotations
+
+import difflib
+
+from omegaconf import DictConfig
+
+from clipure_lit.errors import ConfigError
+
+
+def _close(value: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(value, choices, n=3)
+    return f" Closest: {match}." if match else ""
+
+
+def validate_clip(cfg: DictConfig) -> None:
+    import open_clip
+
+    arch = cfg.clip.arch
+    if arch.startswith("hf-hub:") or cfg.clip.model_config:
+        return
+    known = open_clip.list_models()
+    if arch not in known:
+        raise ConfigError(
+            f"Unknown CLIP architecture clip.arch='{arch}'.{_close(arch, known)} Valid choices are open_clip's model names "
+            f"({len(known)}; e.g. ViT-B-32, ViT-B-16, ViT-L-14), an 'hf-hub:<org>/<repo>' id, or a custom config via clip.model_config."
+        )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for an unknown dataset, purifier, template set or model, or incompatible options."""
+    from clipure_lit.clip.prompts import get_classnames, get_templates
+    from clipure_lit.data.datasets import list_datasets
+    from clipure_lit.purifiers import get_entry
+
+    if cfg.data.name not in list_datasets():
+        raise ConfigError(f"Unknown dataset data.name='{cfg.data.name}'.{_close(cfg.data.name, list_datasets())} Valid choices: {list_datasets()}.")
+    get_templates(cfg.prompts.class_templates)
+    if cfg.prompts.blank_prompt is None:
+        get_templates(cfg.prompts.blank_templates)
+    if cfg.data.classnames is not None:
+        get_classnames(cfg.data.classnames)
+    get_entry(cfg.purifier.latent, "latent")
+    get_entry(cfg.purifier.pixel, "pixel")
+    validate_clip(cfg)
+    if cfg.data.batch_size <= 0:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a positive integer.")
+    if cfg.purifier.num_steps < 0:
+        raise ConfigError(f"purifier.num_steps={cfg.purifier.num_steps} must be >= 0.")
+    if not 0.0 <= cfg.purifier.momentum < 1.0:
+        raise ConfigError(f"purifier.momentum={cfg.purifier.momentum} must be in [0, 1).")
+    diff = cfg.purifier.diff
+    if not 0 <= diff.t_min <= diff.t_max < diff.prior.timesteps:
+        raise ConfigError(f"purifier.diff.t_min={diff.t_min} and t_max={diff.t_max} must satisfy 0 <= t_min <= t_max < "
+                          f"purifier.diff.prior.timesteps={diff.prior.timesteps}.")
+    purifies = cfg.purifier.latent != "identity" or cfg.purifier.pixel != "identity"
+    if cfg.trainer.inference_mode and (purifies or len(cfg.attack.run) > 0):
+        raise ConfigError(
+            "trainer.inference_mode=true is incompatible with gradient-based purifiers and attacks: they run autograd "
+            f"inside the test loop (purifier.latent='{cfg.purifier.latent}', purifier.pixel='{cfg.purifier.pixel}', "
+            f"attack.run={list(cfg.attack.run)}). "
+            "Fix: set trainer.inference_mode=false (the default)."
+        )

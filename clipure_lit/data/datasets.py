@@ -1,0 +1,207 @@
+"""Dataset registry. Every dataset exposes ``classnames``, ``labels`` (list[int]) and ``load(i) -> (image, label)``
+with the image a ``[3, H, W]`` float tensor in [0, 1] (no normalisation: that happens inside the model).
+
+Sample ids are indices into each dataset's canonical order (documented per dataset), so a subset is the same on
+every run and every number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import functional as TF
+
+from clipure_lit.config.schema import DataCfg
+from clipure_lit.errors import ConfigError, DataNotFoundError
+
+SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def to_tensor(image: Image.Image, size: int | None) -> Tensor:
+    """PIL image -> ``[3, S, S]`` in [0, 1]: RGB, shorter side resized to ``size`` (bicubic) and centre-cropped;
+    no resizing when ``size`` is None (the open_clip eval transform without Normalize)."""
+    image = image.convert("RGB")
+    if size is not None:
+        image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)
+    return TF.to_tensor(image)
+
+
+class ImageDataset:
+    """Images given either as file paths or as an in-memory uint8 array ``[N, H, W, 3]``, with labels and class
+    names. Plain attributes only, so it pickles into DDP-spawned processes and data-loader workers."""
+
+    def __init__(self, classnames: list[str], labels: list[int], size: int | None, files: list[Path] | None = None,
+                 array=None) -> None:
+        self.classnames = classnames
+        self.labels = labels
+        self.size = size
+        self.files = files
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> tuple[Tensor, int]:
+        image = Image.fromarray(self.array[index]) if self.array is not None else Image.open(self.files[index])
+        return to_tensor(image, self.size), self.labels[index]
+
+
+def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
+    return DataNotFoundError(f"Dataset '{name}' not found: looked for it in '{root.resolve()}'. Fix: {fix}")
+
+
+def _cifar(cfg: DataCfg, hundred: bool) -> ImageDataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, name = (CIFAR100, "cifar100") if hundred else (CIFAR10, "cifar10")
+    root = Path(cfg.root)
+    if cfg.split not in ("train", "test"):
+        raise ConfigError(f"data.split='{cfg.split}' is not a split of {name}; expected 'train' or 'test'.")
+    try:
+        ds = cls(str(root), train=cfg.split == "train", download=False)
+    except RuntimeError:
+        if not cfg.download:
+            raise _missing(name, root, "set data.download=true to let torchvision fetch it (needs internet), "
+                                       "or point data.root at a folder that holds it.") from None
+        try:
+            ds = cls(str(root), train=cfg.split == "train", download=True)
+        except Exception as exc:
+            raise _missing(name, root, f"the download failed ({type(exc).__name__}: {exc}). Download it on a machine "
+                                       "with internet and copy it there, or set data.root.") from None
+    return ImageDataset(list(ds.classes), [int(t) for t in ds.targets], cfg.image_size, array=ds.data)  # uint8 [N, 32, 32, 3]
+
+
+def _image_folder(cfg: DataCfg) -> ImageDataset:
+    """``root/<class>/<image>``: classes are the sorted folder names (underscores read as spaces), images sorted by
+    path; sample id = position in that order."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise _missing("image_folder", root, "set data.root to a folder with one sub-folder of images per class.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise _missing("image_folder", root, "the folder has no class sub-folders with images "
+                                             f"({', '.join(IMAGE_SUFFIXES)}).")
+    names = [d.name.replace("_", " ") for d in class_dirs]
+    return ImageDataset(names, labels, cfg.image_size, files=files)
+
+
+def _wnid_index() -> dict[str, int]:
+    return json.loads((SUBSET_DIR / "imagenet_wnid_to_index.json").read_text())
+
+
+def _imagenet(cfg: DataCfg) -> ImageDataset:
+    """ImageNet validation in ``root/<wnid>/<file>.JPEG`` layout, in the order of RobustBench's fixed 5000-image
+    list (sample id = position in that list)."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise _missing("imagenet", root, "set data.root to the ImageNet validation folder (one sub-folder per WordNet id).")
+    wnid_index = _wnid_index()
+    rel_paths = [line.strip() for line in (SUBSET_DIR / "imagenet_robustbench_5000.txt").read_text().splitlines() if line.strip()]
+    missing = [p for p in rel_paths[: (cfg.num_samples or len(rel_paths))] if not (root / p).is_file()]
+    if missing:
+        raise _missing("imagenet", root, f"{len(missing)} listed images are absent, e.g. '{root / missing[0]}'. "
+                                         "data.root must be the val/ folder with wnid sub-folders.")
+    labels = [wnid_index[p.split("/")[0]] for p in rel_paths]
+    return ImageDataset(list(IMAGENET_CLASSNAMES), labels, cfg.image_size or 224, files=[root / p for p in rel_paths])
+
+
+def _imagenet_sample(cfg: DataCfg) -> ImageDataset:
+    """A flat folder of ``<wnid>_<name>.JPEG`` files (one image per class): label = the standard index of the wnid,
+    sample id = position in sorted file order."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    root = Path(cfg.root)
+    files = sorted(f for f in root.glob("n*_*") if f.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise _missing("imagenet_sample", root, "set data.root to a folder of '<wnid>_<name>.JPEG' images.")
+    wnid_index = _wnid_index()
+    unknown = [f.name for f in files if f.name.split("_")[0] not in wnid_index]
+    if unknown:
+        raise ConfigError(f"Files in '{root}' do not start with an ImageNet-1k WordNet id, e.g. '{unknown[0]}'.")
+    labels = [wnid_index[f.name.split("_")[0]] for f in files]
+    return ImageDataset(list(IMAGENET_CLASSNAMES), labels, cfg.image_size or 224, files=files)
+
+
+DATASETS: dict[str, Callable[[DataCfg], ImageDataset]] = {
+    "cifar10": lambda cfg: _cifar(cfg, hundred=False),
+    "cifar100": lambda cfg: _cifar(cfg, hundred=True),
+    "imagenet": _imagenet,
+    "image_folder": _image_folder,
+    "imagenet_sample": _imagenet_sample,
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def build_dataset(cfg: DataCfg) -> ImageDataset:
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"Unknown dataset data.name='{cfg.name}'. Valid choices: {list_datasets()}.")
+    return DATASETS[cfg.name](cfg)
+
+
+def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
+    """The evaluated sample ids: from ``ids_file``, else the first N, else N drawn with ``subset_seed``
+    (round-robin over classes, so the subset is class-balanced). Independent of the number of processes."""
+    from clipure_lit.config.schema import SubsetMode
+    from clipure_lit.utils.paths import resolve_path
+
+    n_total = len(dataset)
+    if cfg.ids_file:
+        path = resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")
+        ids = [int(line.split("#")[0]) for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+        bad = [i for i in ids if not 0 <= i < n_total]
+        if bad:
+            raise ConfigError(f"data.ids_file '{path}' has ids outside [0, {n_total}) for dataset '{cfg.name}', e.g. {bad[0]}.")
+        return ids
+    n = n_total if cfg.num_samples is None else int(cfg.num_samples)
+    if n <= 0:
+        raise ConfigError(f"data.num_samples={cfg.num_samples} must be positive (or null for the whole dataset).")
+    n = min(n, n_total)
+    if cfg.subset == SubsetMode.first:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(int(cfg.subset_seed))
+    order = torch.randperm(n_total, generator=generator).tolist()
+    per_class: dict[int, list[int]] = {}
+    for i in order:
+        per_class.setdefault(dataset.labels[i], []).append(i)
+    queues = [per_class[k] for k in sorted(per_class)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n:
+        for q in queues:
+            if depth < len(q) and len(chosen) < n:
+                chosen.append(q[depth])
+        depth += 1
+    return chosen
+
+
+class IndexedSubset(torch.utils.data.Dataset):
+    """Items ``(image [3, H, W] in [0, 1], label, sample_id)`` for the chosen ids."""
+
+    def __init__(self, dataset: ImageDataset, ids: list[int]) -> None:
+        self.dataset = dataset
+        self.ids = list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        sample_id = self.ids[index]
+        image, label = self.dataset.load(sample_id)
+        return image, label, sample_id

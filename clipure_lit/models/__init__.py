@@ -1,0 +1,1 @@
+"""The purified zero-shot classifier (an ``nn.Module``) and the LightningModule around it."""

@@ -1,0 +1,10 @@
+"""Purifiers: the contract (``base``), the registry, and one module per purifier.
+
+Importing this package registers every built-in purifier; heavy dependencies are imported inside factories.
+"""
+
+from clipure_lit.purifiers import identity  # noqa: F401  (registers)
+from clipure_lit.purifiers.base import BuildContext, IdentityPurifier, Purifier, Space
+from clipure_lit.purifiers.registry import build_purifier, get_entry, list_purifiers, register_purifier
+
+__all__ = ["BuildContext", "IdentityPurifier", "Purifier", "Space", "build_purifier", "get_entry", "list_purifiers", "register_purifier"]

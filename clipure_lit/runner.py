@@ -1,0 +1,129 @@
+"""Build everything a run needs from its config, run ``trainer.test``, and write the run folder.
+
+The run folder holds ``config.yaml`` (fully resolved, written first), ``environment.json`` (package versions, git
+commit, sample-id hash), ``results.json`` (metrics) and ``samples.csv`` (one row per sample), plus the logger's
+files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from clipure_lit.config.loader import to_plain, to_yaml
+from clipure_lit.results import write_json
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
+              "omegaconf", "clip-benchmark")
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        run_dir = Path(cfg.output_root) / cfg.name / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def environment_info() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    commit = None
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions, "git_commit": commit}
+
+
+def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu"):
+    """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible."""
+    from clipure_lit.clip.backbone import load_backbone
+    from clipure_lit.clip.prompts import get_classnames, get_templates
+    from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
+    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
+    from clipure_lit.purifiers import BuildContext, build_purifier
+
+    backbone, tokenizer = load_backbone(cfg.clip, device=device)
+    if cfg.data.classnames is not None:
+        named = get_classnames(cfg.data.classnames)
+        if len(named) != len(classnames):
+            from clipure_lit.errors import ConfigError
+
+            raise ConfigError(f"data.classnames='{cfg.data.classnames}' has {len(named)} classes but dataset "
+                              f"'{cfg.data.name}' has {len(classnames)}. Fix: choose a matching class-name set or null.")
+        classnames = named
+    cache = TextEmbeddingCache(cfg.prompts.cache_dir)
+    head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale)
+    ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
+    pixel = build_purifier(cfg.purifier.pixel, "pixel", ctx)
+    latent = build_purifier(cfg.purifier.latent, "latent", ctx)
+    return PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
+    import pytorch_lightning as pl
+
+    t = cfg.trainer
+    kwargs = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                  inference_mode=t.inference_mode, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
+                  enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, deterministic=False)
+    if t.limit_test_batches is not None:
+        kwargs["limit_test_batches"] = t.limit_test_batches
+    return pl.Trainer(**kwargs)
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``."""
+    import pytorch_lightning as pl
+
+    from clipure_lit.callbacks.results_writer import ResultsWriter
+    from clipure_lit.data.datamodule import ZeroShotDataModule
+    from clipure_lit.loggers import build_logger
+    from clipure_lit.models.lit_module import ZeroShotLitModule
+
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    datamodule = ZeroShotDataModule(cfg.data)
+    datamodule.setup("test")  # fails now, with the path, if the data is missing
+    env = {**environment_info(), "sample_ids_sha256": datamodule.ids_hash(), "num_samples": len(datamodule.sample_ids)}
+    write_json(run_dir / "environment.json", env)
+
+    classifier = build_classifier(cfg, datamodule.classnames)
+    module = ZeroShotLitModule(classifier)
+    writer = ResultsWriter(run_dir, extra={"environment": env,
+                                                                  "purifiers": [p.describe() for p in classifier.purifiers]})
+    logger = build_logger(cfg, run_dir, to_plain(cfg))
+    trainer = build_trainer(cfg, run_dir, logger, callbacks=[writer])
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        if logger and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    from clipure_lit.results import read_json
+
+    return read_json(run_dir / "results.json")
