@@ -42,20 +42,22 @@ def _schema_lines(cls, prefix: str = "") -> list[str]:
     return lines
 
 
-def help_text(prog: str, what: str) -> str:
+def help_text(prog: str, what: str, schema: type) -> str:
     from clipure_lit.config.loader import GROUPS, list_choices
-    from clipure_lit.config.schema import RunCfg
 
     groups = "\n".join(f"  {g:<11} {', '.join(list_choices(g)) or '-'}" for g in GROUPS)
-    return USAGE.format(prog=prog, what=what, groups=groups, keys="\n".join(_schema_lines(RunCfg)))
+    return USAGE.format(prog=prog, what=what, groups=groups, keys="\n".join(_schema_lines(schema)))
 
 
 def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[object], dict],
-            report: Callable[[dict], str] | None = None) -> dict:
+            report: Callable[[dict], str] | None = None, root: str = "eval", schema: type | None = None,
+            validate: Callable | None = None) -> dict:
     """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(help_text(prog, what))
+        from clipure_lit.config.schema import RunCfg
+
+        print(help_text(prog, what, schema or RunCfg))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from clipure_lit.config.loader import load_config, to_yaml
@@ -63,7 +65,8 @@ def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[obj
     show_cfg = "--cfg" in argv
     argv = [a for a in argv if a != "--cfg"]
     try:
-        cfg = load_config(argv)
+        kwargs = {"schema": schema} if schema is not None else {}
+        cfg = load_config(argv, root=root, validate=validate, **kwargs)
         if show_cfg:
             print(to_yaml(cfg))
             return {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -114,13 +114,16 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DIR, root: str = "eval") -> DictConfig:
+def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DIR, root: str = "eval",
+                schema: type = RunCfg, validate: Callable[[DictConfig], None] | None = None) -> DictConfig:
     """Build the validated run config from command-line style arguments.
 
     Args:
         argv: tokens such as ``["purifier=clipure_cos", "purifier.step_size=10"]``.
         conf_dir: the ``conf/`` folder holding the config groups.
         root: name of the root file in ``conf_dir`` that lists the default group choices.
+        schema: the dataclass that types the config (``RunCfg`` for evaluation).
+        validate: registry and compatibility checks (default: :func:`clipure_lit.config.validate.validate_config`).
 
     Returns:
         A structured ``DictConfig`` typed by :class:`RunCfg`, with every choice validated.
@@ -140,9 +143,11 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         choices.update(experiment_body.pop("defaults", None) or {})
     choices.update({k: v for k, v in cli_choices.items() if k != "experiment"})
 
-    cfg = OmegaConf.structured(RunCfg)
+    cfg = OmegaConf.structured(schema)
     for group in GROUPS[:-1]:
         choice = choices.get(group)
+        if choice and group not in cfg:
+            raise ConfigError(f"Config group '{group}' is not used by {root}.py (choice '{choice}'); remove it.")
         if choice:
             cfg = _merge(cfg, OmegaConf.create({group: _group_file(group, str(choice), conf_dir)}), f"conf/{group}/{choice}.yaml")
     cfg = _merge(cfg, root_cfg, f"conf/{root}.yaml")
@@ -157,9 +162,9 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
             raise ConfigError(f"Cannot parse override '{item}': {_first_line(exc)}") from None
         cfg = _merge(cfg, dotlist, f"command-line override '{item}'")
 
-    from clipure_lit.config.validate import validate_config
-
-    validate_config(cfg)
+    if validate is None:
+        from clipure_lit.config.validate import validate_config as validate
+    validate(cfg)
     return cfg
 
 
