@@ -56,6 +56,13 @@ def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
     return DataNotFoundError(f"Dataset '{name}' not found: looked for it in '{root.resolve()}'. Fix: {fix}")
 
 
+def _root(cfg: DataCfg) -> Path:
+    """``data.root`` relative to the current directory, else to the project root."""
+    from clipure_lit.utils.paths import find_path
+
+    return find_path(cfg.root) or Path(cfg.root)
+
+
 def _cifar(cfg: DataCfg, hundred: bool) -> ImageDataset:
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -80,7 +87,7 @@ def _cifar(cfg: DataCfg, hundred: bool) -> ImageDataset:
 def _image_folder(cfg: DataCfg) -> ImageDataset:
     """``root/<class>/<image>``: classes are the sorted folder names (underscores read as spaces), images sorted by
     path; sample id = position in that order."""
-    root = Path(cfg.root)
+    root = _root(cfg)
     if not root.is_dir():
         raise _missing("image_folder", root, "set data.root to a folder with one sub-folder of images per class.")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -106,7 +113,7 @@ def _imagenet(cfg: DataCfg) -> ImageDataset:
     list (sample id = position in that list)."""
     from open_clip import IMAGENET_CLASSNAMES
 
-    root = Path(cfg.root)
+    root = _root(cfg)
     if not root.is_dir():
         raise _missing("imagenet", root, "set data.root to the ImageNet validation folder (one sub-folder per WordNet id).")
     wnid_index = _wnid_index()
@@ -124,7 +131,7 @@ def _imagenet_sample(cfg: DataCfg) -> ImageDataset:
     sample id = position in sorted file order."""
     from open_clip import IMAGENET_CLASSNAMES
 
-    root = Path(cfg.root)
+    root = _root(cfg)
     files = sorted(f for f in root.glob("n*_*") if f.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
     if not files:
         raise _missing("imagenet_sample", root, "set data.root to a folder of '<wnid>_<name>.JPEG' images.")

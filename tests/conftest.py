@@ -1,0 +1,32 @@
+"""Shared fixtures: the shared real-image folder, the tiny experiment's arguments, offline environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+CIFAR_TEST = SHARED_DATA / "cifar10" / "test"
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet_sample"
+
+# No test may reach the network: the model hub and W&B are offline for the whole session.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+needs_shared_cifar = pytest.mark.skipif(not CIFAR_TEST.is_dir(), reason=f"real CIFAR-10 JPEGs not found at {CIFAR_TEST}")
+needs_imagenet_sample = pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason=f"ImageNet sample not found at {IMAGENET_SAMPLE}")
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    """Arguments of the tiny experiment, writing only under ``tmp_path``."""
+    return ["experiment=tiny", "logger=none", f"run_dir={tmp_path / 'run'}", f"prompts.cache_dir={tmp_path / 'text_cache'}",
+            "trainer.enable_progress_bar=false", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _run_from_project_root(monkeypatch):
+    """Config paths such as conf/model_configs/... are relative to the project root."""
+    monkeypatch.chdir(PROJECT_ROOT)

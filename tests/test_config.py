@@ -1,0 +1,97 @@
+"""Config composition and the errors users see for bad input (all raised before any model is built)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipure_lit.config.loader import GROUPS, list_choices, load_config
+from clipure_lit.config.schema import GradMode, NormScope
+from clipure_lit.errors import ConfigError, DataNotFoundError
+
+from conftest import PROJECT_ROOT
+
+
+def test_defaults_compose_and_match_released_hyperparameters():
+    cfg = load_config([])
+    assert cfg.clip.arch == "ViT-B-32" and cfg.clip.pretrained == "openai"
+    assert cfg.purifier.num_steps == 10 and cfg.purifier.step_size == 30.0 and cfg.purifier.momentum == 0.0
+    assert cfg.purifier.grad_mode == GradMode.as_released and cfg.purifier.norm_scope == NormScope.batch
+    assert cfg.purifier.diff.t_min == 900 and cfg.purifier.diff.t_max == 999
+    assert cfg.prompts.blank_templates == "openai_imagenet_80"
+    assert cfg.trainer.inference_mode is False
+
+
+def test_group_choice_dotted_override_and_experiment_precedence():
+    cfg = load_config(["experiment=tiny", "data.num_samples=7", "clip=vitl14_openai"])
+    assert cfg.name == "tiny"
+    assert cfg.data.num_samples == 7  # dotted override beats the experiment file
+    assert cfg.clip.arch == "ViT-L-14"  # a command-line choice beats the experiment's defaults
+    assert cfg.data.name == "image_folder"  # from the experiment's defaults
+
+
+def test_yaml_values_are_parsed_from_overrides():
+    cfg = load_config(["trainer.devices=[0,1]", "clip.pretrained=null", "purifier.step_size=10"])
+    assert list(cfg.trainer.devices) == [0, 1] and cfg.clip.pretrained is None and cfg.purifier.step_size == 10.0
+
+
+def test_yaml_file_argument_merges_at_root(tmp_path):
+    override = tmp_path / "o.yaml"
+    override.write_text(yaml.safe_dump({"purifier": {"num_steps": 3}, "seed": 5}))
+    cfg = load_config([str(override)])
+    assert cfg.purifier.num_steps == 3 and cfg.seed == 5
+
+
+@pytest.mark.parametrize(
+    "argv, must_mention",
+    [
+        (["purifier.step_sizee=3"], ["purifier.step_sizee", "step_size", "Valid keys"]),
+        (["purifier.num_steps=abc"], ["purifier.num_steps", "abc", "Integer"]),
+        (["purifier.grad_mode=fulll"], ["purifier.grad_mode", "fulll", "as_released", "full"]),
+        (["purifier=nope"], ["nope", "purifier", "none"]),
+        (["clip.arch=ViT-B-33"], ["ViT-B-33", "ViT-B-32"]),
+        (["data.name=cifar11"], ["cifar11", "cifar10", "image_folder"]),
+        (["prompts.class_templates=foo"], ["foo", "openai_imagenet_80", "cifar10"]),
+        (["prompts.blank_templates=bar"], ["bar", "openai_imagenet_80"]),
+        (["purifier.latent=nope"], ["nope", "identity"]),
+        (["data.classnames=nope"], ["nope", "imagenet1k"]),
+        (["trainer.inference_mode=true", "attack.run=[x]"], ["trainer.inference_mode=false"]),
+        (["purifier.diff.t_max=5000"], ["t_max", "timesteps"]),
+        (["notakey=1"], ["notakey", "Valid keys"]),
+        (["justaword"], ["justaword", "group=choice"]),
+    ],
+)
+def test_bad_input_gives_a_clear_config_error(argv, must_mention):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv)
+    message = str(info.value)
+    for fragment in must_mention:
+        assert fragment in message, (fragment, message)
+    assert "\n" not in message.strip(), "errors are one paragraph"
+
+
+def test_missing_yaml_file_is_reported_with_its_path(tmp_path):
+    with pytest.raises(DataNotFoundError, match="nothere.yaml"):
+        load_config([str(tmp_path / "nothere.yaml")])
+
+
+def test_every_shipped_config_file_validates():
+    """Each choice of each group composes against the schema (LHT's test_experiments idea)."""
+    for group in GROUPS:
+        for choice in list_choices(group):
+            load_config([f"{group}={choice}"])
+
+
+def test_experiment_files_only_name_existing_choices():
+    for path in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"):
+        body = yaml.safe_load(path.read_text()) or {}
+        for group, choice in (body.get("defaults") or {}).items():
+            assert choice in list_choices(group), (path.name, group, choice)
+
+
+def test_config_path_does_not_depend_on_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["experiment=tiny"])
+    assert Path(cfg.clip.model_config).name == "Tiny-ViT-32px.json"
