@@ -5,17 +5,26 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation, print the summary table
-    and return the metrics that are also written to ``<run folder>/results.json``."""
+    """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation (or every dataset of a
+    ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
+    from clipure_lit import runner, suite
     from clipure_lit.cli import run_cli
-    from clipure_lit.report import format_summary
-    from clipure_lit.runner import run_eval
+    from clipure_lit.report import format_suite, format_summary
 
-    return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers and attacks.", run_eval, format_summary)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def job(cfg) -> dict:
+        return suite.run_suite(cfg, argv) if cfg.suite.name else runner.run_eval(cfg)
+
+    def report(metrics: dict) -> str:
+        return format_suite(metrics) if "rows" in metrics else format_summary(metrics)
+
+    return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job, report)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,36 @@ def wandb_credentials_present() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_offline(cfg: DictConfig) -> bool:
+    """Offline unless online mode is asked for, or ``auto`` finds credentials; ``WANDB_MODE=offline`` always wins."""
+    mode = WandbMode(cfg.logger.mode)
+    offline = mode == WandbMode.offline or (mode == WandbMode.auto and not wandb_credentials_present())
+    return offline or os.environ.get("WANDB_MODE") == "offline"
+
+
+def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path, png_path: Path | None, summary: dict) -> None:
+    """Log a results table (CSV file), its plot and summary values as one W&B run (for suites and reports)."""
+    import csv
+
+    import wandb
+
+    from clipure_lit.config.loader import to_plain
+
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=list(cfg.logger.tags),
+                     name=name, dir=str(run_dir), mode="offline" if wandb_offline(cfg) else "online", config=to_plain(cfg))
+    try:
+        payload = {"table": wandb.Table(columns=rows[0], data=rows[1:])}
+        if png_path is not None and png_path.is_file():
+            payload["plot"] = wandb.Image(str(png_path))
+        run.log(payload)
+        for key, value in summary.items():
+            run.summary[key] = value
+    finally:
+        run.finish()
+
+
 def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
     name = LoggerName(cfg.logger.name)
     if name == LoggerName.none:
@@ -31,10 +61,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
         return CSVLogger(save_dir=str(run_dir), name="", version="csv")
     from pytorch_lightning.loggers import WandbLogger
 
-    mode = WandbMode(cfg.logger.mode)
-    offline = mode == WandbMode.offline or (mode == WandbMode.auto and not wandb_credentials_present())
-    if os.environ.get("WANDB_MODE") == "offline":
-        offline = True
+    offline = wandb_offline(cfg)
     logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
                          tags=list(cfg.logger.tags), name=f"{cfg.name}-{run_dir.name}", save_dir=str(run_dir),
                          offline=offline, config=config_dict)

@@ -20,3 +20,16 @@ def format_summary(results: dict) -> str:
         lines.append(f"{name:<{width}}  {_pct(entry):<32}  {t}")
     lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml)")
     return "\n".join(lines)
+
+
+def format_suite(summary: dict) -> str:
+    """The suite's Markdown table plus the skipped datasets and where the files are."""
+    from pathlib import Path
+
+    out = Path(summary["run_dir"])
+    lines = [(out / "suite.md").read_text().rstrip()]
+    for row in summary["rows"]:
+        if row.get("status") == "skipped":
+            lines.append(f"skipped {row['dataset']}: {row['reason']}")
+    lines.append(f"suite folder: {out} (suite.csv, suite.md, suite.png, one folder per dataset)")
+    return "\n".join(lines)

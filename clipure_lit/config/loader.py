@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from clipure_lit.config.schema import RunCfg
 from clipure_lit.errors import ConfigError, DataNotFoundError
 
-GROUPS = ("clip", "data", "prompts", "purifier", "attack", "trainer", "logger", "experiment")
+GROUPS = ("clip", "data", "prompts", "purifier", "attack", "trainer", "logger", "suite", "experiment")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 

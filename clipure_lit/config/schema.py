@@ -116,6 +116,9 @@ class DataCfg:
     # Class names: a set name (``cifar10``, ``imagenet1k``, any CLIP_benchmark dataset), a JSON file
     # (``path.json`` or ``path.json:key``), or null for the dataset's own.
     classnames: Optional[str] = None
+    # For data.name=clip_benchmark: the CLIP_benchmark dataset name (``cars``, ``pets``, ``imagenet-r``,
+    # ``wds/vtab/pcam``, ...); its builder loads the data from ``root``.
+    benchmark: Optional[str] = None
     batch_size: int = 32
     num_workers: int = 0
 
@@ -227,6 +230,34 @@ class LoggerCfg:
 
 
 @dataclass
+class SuiteEntry:
+    # A `data` group choice (conf/data/<data>.yaml) and the template set of its zero-shot head.
+    data: str = ""
+    templates: str = ""
+    # Extra dotted overrides for this dataset only (e.g. its data.root, or attack settings the protocol requires).
+    overrides: List[str] = field(default_factory=list)
+
+
+class BlankAnchorSource(str, Enum):
+    """CLIPure's blank anchor in a suite: each dataset's own templates with the class removed, the 80 OpenAI
+    ImageNet templates, or the single ``prompts.blank_prompt``."""
+
+    dataset = "dataset"
+    imagenet80 = "imagenet80"
+    custom = "custom"
+
+
+@dataclass
+class SuiteCfg:
+    # Name of the suite (empty: a single evaluation, no suite).
+    name: str = ""
+    datasets: List[SuiteEntry] = field(default_factory=list)
+    # Restrict the run to these `data` choices of the suite (empty: all).
+    only: List[str] = field(default_factory=list)
+    blank: BlankAnchorSource = BlankAnchorSource.dataset
+
+
+@dataclass
 class RunCfg:
     # Name of the run; the run folder is ``<output_root>/<name>/<timestamp>`` unless ``run_dir`` is set.
     name: str = "eval"
@@ -240,3 +271,4 @@ class RunCfg:
     attack: AttackCfg = field(default_factory=AttackCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
+    suite: SuiteCfg = field(default_factory=SuiteCfg)

@@ -36,18 +36,23 @@ class ImageDataset:
     """Images given either as file paths or as an in-memory uint8 array ``[N, H, W, 3]``, with labels and class
     names. Plain attributes only, so it pickles into DDP-spawned processes and data-loader workers."""
 
-    def __init__(self, classnames: list[str], labels: list[int], size: int | None, files: list[Path] | None = None,
-                 array=None) -> None:
+    def __init__(self, classnames: list[str], labels: list[int] | None, size: int | None, files: list[Path] | None = None,
+                 array=None, source=None, length: int | None = None) -> None:
         self.classnames = classnames
-        self.labels = labels
+        self.labels = labels  # None when the source cannot list labels without decoding every image
         self.size = size
         self.files = files
         self.array = array
+        self.source = source  # an indexable dataset returning (PIL image, label), e.g. a CLIP_benchmark dataset
+        self._length = length if length is not None else len(labels)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self._length
 
     def load(self, index: int) -> tuple[Tensor, int]:
+        if self.source is not None:
+            image, label = self.source[index]
+            return to_tensor(image, self.size), int(label)
         image = Image.fromarray(self.array[index]) if self.array is not None else Image.open(self.files[index])
         return to_tensor(image, self.size), self.labels[index]
 
@@ -143,7 +148,61 @@ def _imagenet_sample(cfg: DataCfg) -> ImageDataset:
     return ImageDataset(list(IMAGENET_CLASSNAMES), labels, cfg.image_size or 224, files=files)
 
 
+def _known_labels(ds) -> list[int] | None:
+    """Labels of a torchvision-style dataset without decoding images, when it keeps them in an attribute."""
+    for attr in ("targets", "_labels", "labels", "y"):
+        values = getattr(ds, attr, None)
+        if values is not None and len(values) == len(ds):
+            return [int(v) for v in values]
+    samples = getattr(ds, "samples", None)
+    if samples is not None and len(samples) == len(ds):
+        return [int(s[1]) for s in samples]
+    return None
+
+
+def _materialise_first(ds, n: int) -> tuple[list, list[int]]:
+    """The first ``n`` items of an iterable (webdataset) source, in its fixed shard order, kept as uint8 arrays."""
+    import numpy as np
+
+    images, labels = [], []
+    for image, label in ds:
+        images.append(np.asarray(image.convert("RGB")))
+        labels.append(int(label))
+        if len(images) >= n:
+            break
+    return images, labels
+
+
+def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
+    """Any dataset of CLIP_benchmark's builder (``data.benchmark``), read from ``data.root``. Map-style datasets
+    keep their own order (sample id = index); webdataset copies (``wds/...``) are read in shard order and the first
+    ``data.num_samples`` items are kept."""
+    from clip_benchmark.datasets.builder import build_dataset as cb_build_dataset
+
+    if not cfg.benchmark:
+        raise ConfigError("data.name=clip_benchmark needs data.benchmark=<CLIP_benchmark dataset name> (e.g. cars, pets, dtd).")
+    root = _root(cfg)
+    is_wds = cfg.benchmark.startswith("wds/")
+    if not is_wds and not cfg.download and not root.exists():
+        raise _missing(cfg.benchmark, root, "set data.root to where the dataset lives, or data.download=true where "
+                                            "CLIP_benchmark can download it (ImageNet-R/-Sketch and some others need a manual download).")
+    try:
+        ds = cb_build_dataset(cfg.benchmark, root=str(root), transform=None, split=cfg.split, download=cfg.download)
+    except Exception as exc:  # torchvision raises RuntimeError/FileNotFoundError/URLError, CLIP_benchmark asserts
+        raise _missing(cfg.benchmark, root, f"CLIP_benchmark could not build it ({type(exc).__name__}: {str(exc)[:200]}). "
+                                            "Download it (data.download=true on a machine with internet, or by hand) and point "
+                                            "data.root at it.") from None
+    classnames = list(getattr(ds, "classes", []) or [])
+    if is_wds:
+        images, labels = _materialise_first(ds, cfg.num_samples or 10**9)
+        if not images:
+            raise _missing(cfg.benchmark, root, "the webdataset shards hold no samples.")
+        return ImageDataset(classnames, labels, cfg.image_size or 224, array=images)
+    return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds))
+
+
 DATASETS: dict[str, Callable[[DataCfg], ImageDataset]] = {
+    "clip_benchmark": _clip_benchmark,
     "cifar10": lambda cfg: _cifar(cfg, hundred=False),
     "cifar100": lambda cfg: _cifar(cfg, hundred=True),
     "imagenet": _imagenet,
@@ -184,6 +243,8 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
         return list(range(n))
     generator = torch.Generator().manual_seed(int(cfg.subset_seed))
     order = torch.randperm(n_total, generator=generator).tolist()
+    if dataset.labels is None:  # labels unknown without decoding: a plain seeded draw
+        return order[:n]
     per_class: dict[int, list[int]] = {}
     for i in order:
         per_class.setdefault(dataset.labels[i], []).append(i)
