@@ -1,6 +1,9 @@
-"""A plain-text summary table of an evaluation's ``results.json``."""
+"""A plain-text summary table of an evaluation's ``results.json``: clean and robust accuracy per attack (with its
+gradient mode and kind), 95% Wilson intervals, time per sample, and the raised masking flags."""
 
 from __future__ import annotations
+
+import textwrap
 
 
 def _pct(entry: dict) -> str:
@@ -8,16 +11,41 @@ def _pct(entry: dict) -> str:
     return f"{100 * entry['acc']:6.2f}%  [{100 * lo:5.1f}, {100 * hi:5.1f}]  ({entry['correct']}/{entry['total']})"
 
 
+def _mode(info: dict | None) -> str:
+    if not info:
+        return ""
+    if info.get("kind") == "transfer":
+        return f"transfer:{info.get('transfer_from')}"
+    if info.get("kind") == "black_box":
+        return "black-box"
+    eot = info.get("eot_samples")
+    return info.get("grad_mode", "") + (f" x{eot}" if eot and eot > 1 else "")
+
+
 def format_summary(results: dict) -> str:
+    """The table printed by ``eval.py`` (also readable from a saved ``results.json``)."""
     times = results.get("time_per_sample_s", {})
-    rows = [("clean", results["clean"], times.get("clean"))]
-    rows += [(f"robust: {name}", entry, times.get(f"attack/{name}")) for name, entry in results.get("robust", {}).items()]
+    attacks = results.get("attacks", {})
+    rows = [("clean", "", results["clean"], times.get("clean"))]
+    for name, entry in results.get("robust", {}).items():
+        label = "worst case (per sample)" if name == "worst_case" else f"robust: {name}"
+        rows.append((label, _mode(attacks.get(name)), entry, times.get(f"attack/{name}")))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'metric':<{width}}  accuracy [95% CI]                 time/sample",
-             "-" * (width + 48)]
-    for name, entry, seconds in rows:
+    mwidth = max([len(r[1]) for r in rows] + [len("gradient")])
+    lines = [f"{'metric':<{width}}  {'gradient':<{mwidth}}  accuracy [95% CI]                 time/sample",
+             "-" * (width + mwidth + 50)]
+    for name, mode, entry, seconds in rows:
         t = f"{1000 * seconds:8.1f} ms" if seconds is not None else ""
-        lines.append(f"{name:<{width}}  {_pct(entry):<32}  {t}")
+        lines.append(f"{name:<{width}}  {mode:<{mwidth}}  {_pct(entry):<32}  {t}")
+    raised = [flag for flag, value in results.get("flags", {}).items() if value]
+    if raised:
+        lines.append(f"\nmasking flags raised ({len(raised)}; docs/evaluation.md#flags):")
+        messages = results.get("flag_messages", {})
+        for flag in raised:
+            text = f"- {flag}: {messages.get(flag, '')}"
+            lines.extend(textwrap.wrap(text, width=110, subsequent_indent="    "))
+    elif results.get("flags"):
+        lines.append(f"\nmasking flags: none raised ({len(results['flags'])} checked)")
     lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml)")
     return "\n".join(lines)
 

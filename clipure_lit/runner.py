@@ -105,6 +105,10 @@ def run_eval(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
+    from clipure_lit.callbacks.build import eval_callbacks
+
+    # Attacks and resumption are checked before anything is written to the run folder.
+    callbacks = eval_callbacks(cfg, run_dir)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     datamodule = ZeroShotDataModule(cfg.data)
     datamodule.setup("test")  # fails now, with the path, if the data is missing
@@ -116,7 +120,7 @@ def run_eval(cfg: DictConfig) -> dict:
     writer = ResultsWriter(run_dir, extra={"environment": env,
                                                                   "purifiers": [p.describe() for p in classifier.purifiers]})
     logger = build_logger(cfg, run_dir, to_plain(cfg))
-    trainer = build_trainer(cfg, run_dir, logger, callbacks=[writer])
+    trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
     try:
         trainer.test(module, datamodule=datamodule, verbose=False)
     finally:

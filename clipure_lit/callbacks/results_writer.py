@@ -20,6 +20,6 @@ class ResultsWriter(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.is_global_zero or pl_module.table is None:
             return
-        pl_module.table.write_csv(self.run_dir / "samples.csv")
+        pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
         payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra}
         write_json(self.run_dir / "results.json", payload)

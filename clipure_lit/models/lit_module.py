@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from clipure_lit.results import SampleStore, SampleTable, summarise
+from clipure_lit.attacks.seeding import batch_seed, seeded
+from clipure_lit.results import SampleStore, SampleTable, all_gather_object, merge_flags, summarise
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +20,18 @@ class ZeroShotLitModule(pl.LightningModule):
     """Wraps an injected :class:`PurifiedZeroShotClassifier`.
 
     ``test_step`` records ``label`` and ``clean_pred`` per ``sample_id`` in :attr:`store`; attack callbacks add
-    ``adv_pred/<attack>`` columns to the same store. At the end of the test epoch the store is gathered from every
-    process and de-duplicated (:attr:`table`), metrics are logged (``test/clean_acc``, ``test/robust_acc/<attack>``,
-    ``test/robust_acc/worst_case``, counts and 95% Wilson bounds) and kept in :attr:`summary`.
+    ``adv_pred/<attack>`` columns to the same store in ``on_test_batch_end``. At the end of the test epoch the
+    store is gathered from every process and de-duplicated by sample id (:attr:`table`), then summarised
+    (:attr:`summary`) and logged: ``test/clean_acc``, ``test/robust_acc/<attack>``, ``test/robust_acc/worst_case``,
+    counts (``test/clean_correct``, ``test/robust_correct/<attack>``), 95% Wilson bounds, time per sample, and the
+    masking-check flags (``test/flags/<flag>``, 0/1) recorded with :meth:`add_finding`.
+
+    Stochastic purifiers draw from a stream seeded per batch from ``(classifier seed, sample ids)``, so a batch's
+    result does not depend on what ran before it (resumption, other attacks).
+
+    Resumption: :meth:`restore` (called at setup by the resume callback) hands over samples finished by an
+    earlier run; batches made only of finished samples are skipped by ``test_step`` and by attack callbacks
+    (:meth:`batch_finished`).
     """
 
     def __init__(self, classifier: torch.nn.Module) -> None:
@@ -30,45 +41,140 @@ class ZeroShotLitModule(pl.LightningModule):
         self.timings: dict[str, float] = {}
         self.table: SampleTable | None = None
         self.summary: dict = {}
+        # Masking checks: flag -> 0/1, flag -> warning text, flag -> measured value.
+        self.flags: dict[str, float] = {}
+        self.flag_messages: dict[str, str] = {}
+        self.checks: dict[str, Any] = {}
+        # Set by attack callbacks: attack name -> description (written to results.json).
+        self.attack_info: dict[str, dict] = {}
+        # Called as hook(module, summary) with the gathered summary (same on every rank) before metrics are
+        # logged; hooks may call add_finding.
+        self.summary_hooks: list[Callable[[Any, dict], None]] = []
+        self.finished_ids: set[int] = set()
+        self._restored: dict | None = None
+        self._batch_times: dict[str, float] = {}
+        self._new_findings: list[str] = []
+        self._processed = 0
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(x)
 
+    # ----------------------------------------------------------------------------------------------- recording
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
+        self._batch_times[key] = self._batch_times.get(key, 0.0) + seconds
 
+    def add_finding(self, flag: str, raised: bool, value: float | None = None, message: str = "") -> None:
+        """Record a masking check's outcome (raised flags stay raised)."""
+        self.flags[flag] = max(self.flags.get(flag, 0.0), 1.0 if raised else 0.0)
+        if value is not None:
+            self.checks[flag] = value
+        if raised and message:
+            self.flag_messages.setdefault(flag, message)
+        self._new_findings.append(flag)
+
+    @property
+    def checks_done(self) -> bool:
+        """True once first-batch checks were recorded (in this run or a restored one)."""
+        return bool(self.flags)
+
+    def batch_finished(self, ids: Tensor) -> bool:
+        """True when every sample of the batch was finished by the run being resumed."""
+        return bool(self.finished_ids) and all(int(i) in self.finished_ids for i in ids.reshape(-1).tolist())
+
+    def take_batch_record(self) -> dict:
+        """What this process added since the previous call: ``{"columns": {name: (ids, values)}, "times": {...},
+        "findings": {...}}`` (empty columns for a skipped batch)."""
+        columns = self.store.since_mark()
+        self.store.mark()
+        times, self._batch_times = self._batch_times, {}
+        findings = {f: {"raised": self.flags.get(f, 0.0), "value": self.checks.get(f), "message": self.flag_messages.get(f, "")}
+                    for f in dict.fromkeys(self._new_findings)}
+        self._new_findings = []
+        return {"columns": columns, "times": times, "findings": findings}
+
+    def restore(self, columns: dict[str, tuple[Tensor, Tensor]], times: dict[str, float], num_samples: int,
+                findings: dict[str, dict], keep_rows: bool) -> None:
+        """Take over results of an interrupted run (applied at the start of the test epoch).
+
+        Args:
+            columns: ``{column: (ids, values)}`` of finished samples.
+            times: summed seconds per timing key over the finished batches; ``num_samples``: their row count.
+            findings: masking-check outcomes already recorded (first-batch checks are not repeated).
+            keep_rows: put the rows in this process's store (one process only under DDP, to keep gathers small).
+        """
+        ids = columns.get("label", (torch.zeros(0, dtype=torch.long), None))[0]
+        self.finished_ids = set(int(i) for i in ids.tolist())
+        self._restored = {"columns": columns if keep_rows else {}, "times": times if keep_rows else {},
+                          "num_samples": num_samples if keep_rows else 0, "findings": findings}
+
+    # ------------------------------------------------------------------------------------------------- hooks
     def on_test_epoch_start(self) -> None:
         self.store.reset()
         self.timings.clear()
+        self.flags.clear()
+        self.flag_messages.clear()
+        self.checks.clear()
+        self._batch_times = {}
+        self._new_findings = []
+        self._processed = 0
         self.classifier.reset_generator()
+        if self._restored is not None:
+            for name, (ids, values) in self._restored["columns"].items():
+                self.store.add(name, ids, values)
+            self.timings.update(self._restored["times"])
+            self._processed = self._restored["num_samples"]
+            for flag, f in self._restored["findings"].items():
+                self.add_finding(flag, bool(f.get("raised")), f.get("value"), f.get("message", ""))
+            self._new_findings = []
+        self.store.mark()
 
-    def test_step(self, batch, batch_idx: int) -> dict:
+    def test_step(self, batch, batch_idx: int) -> dict | None:
         x, y, ids = batch  # [B, 3, H, W], [B], [B]
+        if self.batch_finished(ids):
+            return None
         start = time.perf_counter()
-        logits = self.classifier(x)  # [B, K]
+        with seeded(self.classifier, batch_seed(self.classifier.seed, "clean", ids)):
+            logits = self.classifier(x)  # [B, K]
         self.add_time("clean", time.perf_counter() - start)
         pred = logits.argmax(dim=-1)
         self.store.add("label", ids, y)
         self.store.add("clean_pred", ids, pred)
-        return {"pred": pred}
+        self._processed += int(ids.numel())
+        return {"pred": pred, "num_classes": int(logits.shape[-1])}
 
     def on_test_epoch_end(self) -> None:
         self.table = self.store.gather(self)
-        self.summary = summarise(self.table)
-        # Time per sample: the slowest rank's wall clock over the samples that rank saw.
-        n_local = sum(c[0].numel() for c in self.store._chunks.get("label", []))
+        self.summary = summarise(self.table, order=list(self.attack_info))
+        self.summary["attacks"] = dict(self.attack_info)
+        # Time per sample: the slowest rank's wall clock over the samples that rank evaluated.
         times = {}
-        for key, seconds in self.timings.items():
-            per_sample = torch.tensor(seconds / max(n_local, 1), device=self.device)
+        for key in sorted(set().union(*[set(t) for t in all_gather_object(self, sorted(self.timings))])):
+            per_sample = torch.tensor(self.timings.get(key, 0.0) / max(self._processed, 1), device=self.device)
             times[key] = float(self.all_gather(per_sample).max()) if self.trainer.world_size > 1 else float(per_sample)
         self.summary["time_per_sample_s"] = times
-        metrics = {"test/clean_acc": self.summary["clean"]["acc"], "test/num_samples": float(self.summary["num_samples"]),
-                   "test/clean_acc_ci_low": self.summary["clean"]["ci95"][0], "test/clean_acc_ci_high": self.summary["clean"]["ci95"][1]}
+        for hook in self.summary_hooks:
+            hook(self, self.summary)
+        merged = merge_flags(all_gather_object(self, {"flags": self.flags, "messages": self.flag_messages,
+                                                      "checks": self.checks}))
+        self.summary["flags"] = merged["flags"]
+        self.summary["flag_messages"] = merged["messages"]
+        self.summary["checks"] = merged["checks"]
+        clean = self.summary["clean"]
+        metrics = {"test/clean_acc": clean["acc"], "test/num_samples": float(self.summary["num_samples"]),
+                   "test/clean_correct": float(clean["correct"]),
+                   "test/clean_acc_ci_low": clean["ci95"][0], "test/clean_acc_ci_high": clean["ci95"][1]}
         for name, entry in self.summary["robust"].items():
             metrics[f"test/robust_acc/{name}"] = entry["acc"]
+            metrics[f"test/robust_correct/{name}"] = float(entry["correct"])
             metrics[f"test/robust_acc_ci_low/{name}"] = entry["ci95"][0]
             metrics[f"test/robust_acc_ci_high/{name}"] = entry["ci95"][1]
         for key, value in times.items():
             metrics[f"test/time_per_sample/{key}"] = value
+        for flag, value in merged["flags"].items():
+            metrics[f"test/flags/{flag}"] = value
+        for flag, value in merged["checks"].items():
+            if isinstance(value, (int, float)) and value == value:  # finite numbers only (NaN != NaN)
+                metrics[f"test/checks/{flag}"] = float(value)
         # Values are already global (gathered and de-duplicated): no sync_dist reduction.
         self.log_dict(metrics, rank_zero_only=False, sync_dist=False)

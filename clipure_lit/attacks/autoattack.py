@@ -1,0 +1,113 @@
+"""Adapter over ``pyautoattack`` (fra31's AutoAttack, never vendored): one :class:`AttackSpec` -> one
+``AutoAttack`` object with the spec's budgets, run with the caller's RNG state protected.
+
+pyautoattack 0.2.0 quirks handled here: keyword-only constructor (``attacks=``, not ``attacks_to_run=``);
+``run_standard_evaluation(x, y, batch_size=)`` returns ``(x_adv, y_adv)``; APGD's step-size schedule
+(``n_iter_2``, ``n_iter_min``, ``size_decr``) is computed from ``n_iter`` in ``__init__`` and must be recomputed
+when ``n_iter`` changes; the global torch RNG is reseeded by every attack; messages go to the
+``auto-attack`` logger (progress at DEBUG, its checks at WARNING).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from clipure_lit.attacks.seeding import cuda_devices
+from clipure_lit.attacks.spec import AttackSpec
+from clipure_lit.config.schema import AutoAttackVersion
+
+AA_LOGGER = "auto-attack"
+
+
+def set_apgd_iterations(apgd, n_iter: int) -> None:
+    """Set an APGD attack's iterations and the schedule fields derived from them (as in its ``__init__``)."""
+    apgd.n_iter = int(n_iter)
+    apgd.n_iter_orig = int(n_iter)
+    apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
+    apgd.n_iter_min = max(int(0.06 * n_iter), 1)
+    apgd.size_decr = max(int(0.03 * n_iter), 1)
+
+
+def build_autoattack(model: nn.Module, spec: AttackSpec, device: torch.device | str):
+    """An ``AutoAttack`` configured by ``spec`` (unset budgets keep AutoAttack's values for the version)."""
+    from pyautoattack import AutoAttack
+
+    custom = spec.version == AutoAttackVersion.custom
+    aa = AutoAttack(model, attacks=list(spec.attacks) if custom else None, device=device, eps=float(spec.eps),
+                    norm=spec.norm.value, seed=int(spec.seed), version=spec.version.value)
+    if spec.n_iter is not None:
+        set_apgd_iterations(aa.apgd, spec.n_iter)
+        set_apgd_iterations(aa.apgd_targeted, spec.n_iter)
+        aa.fab.n_iter = int(spec.n_iter)
+    if spec.n_restarts is not None:
+        aa.apgd.n_restarts = int(spec.n_restarts)
+    if spec.n_target_classes is not None:
+        aa.apgd_targeted.n_target_classes = int(spec.n_target_classes)
+        aa.fab.n_target_classes = int(spec.n_target_classes)
+    if spec.n_queries is not None:
+        aa.square.n_queries = int(spec.n_queries)
+    if spec.eot_samples is not None:
+        aa.apgd.eot_iter = int(spec.eot_samples)
+        aa.apgd_targeted.eot_iter = int(spec.eot_samples)
+    return aa
+
+
+class MessageDigest(logging.Filter):
+    """Counts AutoAttack's messages at INFO and above and lets each distinct one through once.
+
+    Messages are compared with their numbers masked, so "there are 3 points with zero gradient" and "... 5
+    points ..." count as one kind. :attr:`counts` maps the first text of each kind to its number of occurrences.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.warnings: dict[str, int] = {}
+        self._first: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return True
+        text = record.getMessage()
+        key = re.sub(r"\d+(\.\d+)?", "#", text)
+        first = self._first.setdefault(key, text)
+        self.counts[first] = self.counts.get(first, 0) + 1
+        if record.levelno >= logging.WARNING:
+            self.warnings[first] = self.counts[first]
+        return self.counts[first] == 1
+
+    @contextmanager
+    def installed(self) -> Iterator["MessageDigest"]:
+        logger = logging.getLogger(AA_LOGGER)
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
+
+
+def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec,
+                   digest: MessageDigest | None = None) -> tuple[Tensor, Tensor]:
+    """Run AutoAttack on one batch.
+
+    Args:
+        model: images ``[B, 3, H, W]`` in [0, 1] -> logits ``[B, K]``; called in its current mode.
+        x, y: the batch and its labels (AutoAttack attacks only the points ``model`` classifies correctly).
+        spec: what to run; ``spec.batch_size`` (None: ``B``) is AutoAttack's internal batch size.
+        digest: collects (and de-duplicates) AutoAttack's log messages.
+
+    Returns:
+        ``(x_adv [B, 3, H, W], y_adv [B])``: adversarial images (``x`` where no attack succeeded) and ``model``'s
+        predictions on them, as returned by ``run_standard_evaluation``. The global RNG state is unchanged.
+    """
+    digest = digest or MessageDigest()
+    with torch.random.fork_rng(devices=cuda_devices(x)), torch.enable_grad(), digest.installed():
+        aa = build_autoattack(model, spec, x.device)
+        x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=int(spec.batch_size or x.shape[0]))
+    return x_adv.detach(), y_adv.detach()

@@ -1,0 +1,33 @@
+"""The evaluation callbacks a config asks for, in the order Lightning must call them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipure_lit.errors import ConfigError
+
+
+def eval_callbacks(cfg, run_dir: Path) -> list:
+    """``[RobustEvalCallback (if attack.run is set), ResumableProgress]``.
+
+    Resolves every attack and checks the run folder for resumption *before* anything is written to it, so a bad
+    attack name or a config that differs from the run being resumed fails at once.
+
+    Raises:
+        ConfigError: unknown attack or option, ``resume=true`` without ``run_dir``, or a resume config mismatch.
+    """
+    from clipure_lit.attacks.presets import resolve_attacks
+    from clipure_lit.callbacks.resume import ResumableProgress, prepare_progress
+    from clipure_lit.callbacks.robust_eval import RobustEvalCallback
+    from clipure_lit.config.loader import to_plain
+
+    if cfg.resume and not cfg.run_dir:
+        raise ConfigError("resume=true needs the folder of the run to continue. Fix: pass run_dir=<that folder> as well.")
+    specs = resolve_attacks(cfg.attack)
+    resume = prepare_progress(run_dir, to_plain(cfg), bool(cfg.resume))
+    callbacks = []
+    if specs:
+        callbacks.append(RobustEvalCallback(specs, run_dir=run_dir, save_adversarial=bool(cfg.attack.save_adversarial),
+                                            checks=bool(cfg.attack.checks)))
+    callbacks.append(ResumableProgress(run_dir, resume=resume))
+    return callbacks

@@ -1,0 +1,43 @@
+"""Two-process evaluation (``ddp_spawn`` on CPU): the distributed sampler pads 7 samples to 8, yet every sample is
+counted once and the results equal a single-process run's."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import eval as eval_script
+
+from conftest import needs_shared_cifar, tiny_args
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Runs below pass trainer.num_threads=1 (faster on a shared 2-core machine); restore the global setting."""
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+# attack.batch_size=1 makes every attack result a per-sample function (batches differ between 1 and 2 processes).
+ARGS = ["data.num_samples=7", "data.batch_size=2", "attack.run=[fast,square]", "attack.entries.fast.base=apgd_ce",
+        "attack.n_iter=2", "attack.n_queries=5", "attack.eps=1", "attack.batch_size=1", "trainer.num_threads=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_shared_cifar
+def test_two_processes_count_each_sample_once_and_match_one_process(tmp_path):
+    one = eval_script.main(tiny_args(tmp_path / "one", *ARGS))
+    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu"))
+    for key in ("num_samples", "clean", "robust"):
+        assert two[key] == one[key], key
+    assert two["num_samples"] == 7 and two["robust"]["fast"]["total"] == 7
+    rows = {name: list(csv.DictReader(open(tmp_path / name / "run" / "samples.csv"))) for name in ("one", "two")}
+    assert rows["two"] == rows["one"] and len({r["sample_id"] for r in rows["two"]}) == 7
+    logged = []
+    for path in sorted((tmp_path / "two" / "run" / "progress").glob("rank*.jsonl")):
+        logged += [i for line in path.read_text().splitlines() for i in json.loads(line)["columns"]["label"]["ids"]]
+    assert len(logged) == 8 and len(set(logged)) == 7  # the sampler's padding duplicate was evaluated, then dropped

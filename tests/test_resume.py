@@ -1,0 +1,109 @@
+"""Resumable evaluation: an interrupted run, resumed with the same config, gives exactly the numbers and the
+per-sample table of an uninterrupted run; a different config or a forgotten resume=true is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import pytorch_lightning as pl
+
+import eval as eval_script
+from clipure_lit.errors import ConfigError
+
+from conftest import needs_shared_cifar, tiny_args
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Runs below pass trainer.num_threads=1 (faster on a shared 2-core machine); restore the global setting."""
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+ATTACKS = ["attack.run=[fast,transfer_clip]", "attack.entries.fast.base=apgd_ce", "attack.n_iter=2", "attack.eps=1",
+           "attack.entries.aa_clipure.n_restarts=1", "attack.entries.aa_clipure.n_target_classes=2", "trainer.num_threads=1"]
+
+
+def _purifier() -> list[str]:
+    from clipure_lit.purifiers import list_purifiers
+
+    # A batch-coupled purifier is the demanding case: results depend on the batch composition, which resume keeps.
+    return ["purifier=clipure_cos"] if "clipure_cos" in list_purifiers() else []
+
+
+class Crash(pl.Callback):
+    """Simulates a killed job: raises at the end of batch ``after``, before its attacks run and before it is
+    written to the progress log (the batch in flight is lost)."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen += 1
+        if self.seen == self.after:
+            raise RuntimeError("simulated crash")
+
+
+def _with_crash(monkeypatch, after: int) -> None:
+    import clipure_lit.callbacks.build as build
+
+    original = build.eval_callbacks
+    monkeypatch.setattr(build, "eval_callbacks", lambda cfg, run_dir: [Crash(after)] + original(cfg, run_dir))
+
+
+def _args(tmp_path, *extra):
+    return tiny_args(tmp_path, "data.num_samples=11", "data.batch_size=3", *_purifier(), *ATTACKS, *extra)
+
+
+def _numbers(results: dict) -> dict:
+    return {k: results[k] for k in ("num_samples", "clean", "robust", "flags")}
+
+
+@needs_shared_cifar
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = eval_script.main(_args(tmp_path / "full"))
+
+    args = _args(tmp_path / "cut")
+    _with_crash(monkeypatch, after=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        eval_script.main(args)
+    monkeypatch.undo()
+    progress = tmp_path / "cut" / "run" / "progress" / "rank0.jsonl"
+    assert len(progress.read_text().splitlines()) == 2  # the 2 finished batches are on disk, the 3rd is lost
+    with open(progress, "a") as fh:
+        fh.write('{"columns": {"label": {"ids": [1, 2')  # a torn line from a kill in the middle of a write
+
+    resumed = eval_script.main(args + ["resume=true", "trainer.enable_progress_bar=true"])
+    assert _numbers(resumed) == _numbers(full)
+    same = (tmp_path / "full" / "run" / "samples.csv").read_text() == (tmp_path / "cut" / "run" / "samples.csv").read_text()
+    assert same
+    lines = progress.read_text().splitlines()
+    assert lines[2].startswith('{"columns": {"label": {"ids": [1, 2') and len(lines) == 3 + 2  # torn line kept apart
+    done = [i for line in lines[:2] + lines[3:] for i in json.loads(line)["columns"]["label"]["ids"]]
+    assert sorted(done) == sorted(set(done)) and len(done) == 11  # finished batches were not evaluated again
+
+    again = eval_script.main(args + ["resume=true"])  # resuming a finished run recomputes nothing, changes nothing
+    assert _numbers(again) == _numbers(full)
+
+
+@needs_shared_cifar
+def test_resume_refuses_a_different_config_and_unflagged_reuse(tmp_path, monkeypatch):
+    args = tiny_args(tmp_path, "data.num_samples=4", "data.batch_size=2", "trainer.num_threads=1")
+    _with_crash(monkeypatch, after=2)
+    with pytest.raises(RuntimeError):
+        eval_script.main(args)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):  # eval.py reports ConfigErrors as one paragraph and exits with status 2
+        eval_script.main(args + ["resume=true", "data.batch_size=1", "attack.eps=8"])
+    from clipure_lit.config.loader import load_config
+    from clipure_lit.runner import run_eval
+
+    with pytest.raises(ConfigError, match=r"differs in 2 key\(s\): attack.eps: None -> 8.0; data.batch_size: 2 -> 1"):
+        run_eval(load_config(args + ["resume=true", "data.batch_size=1", "attack.eps=8"]))
+    with pytest.raises(ConfigError, match="resume=true"):
+        run_eval(load_config(args))
+    with pytest.raises(ConfigError, match="run_dir"):
+        run_eval(load_config(["experiment=tiny", "logger=none", "resume=true"]))
+    assert eval_script.main(args + ["resume=true", "trainer.enable_progress_bar=true"])["num_samples"] == 4
