@@ -109,3 +109,25 @@ def test_missing_dataset_path_names_where_it_looked(name, tmp_path):
 def test_missing_cifar_without_download_says_how_to_fix(tmp_path):
     with pytest.raises(DataNotFoundError, match="data.download=true"):
         build_dataset(DataCfg(name="cifar10", root=str(tmp_path), download=False))
+
+
+def test_shipped_cifar10_sample_is_class_balanced_and_loads_offline():
+    cfg = DataCfg(name="array_file", root="clipure_lit/assets/cifar10_test_sample.npz", num_samples=100)
+    ds = build_dataset(cfg)
+    assert len(ds) == 500 and ds.classnames[0] == "airplane" and len(ds.classnames) == 10
+    assert torch.bincount(torch.tensor(ds.labels), minlength=10).tolist() == [50] * 10
+    prefix = [ds.labels[i] for i in select_ids(cfg, ds)]
+    assert torch.bincount(torch.tensor(prefix), minlength=10).tolist() == [10] * 10  # any prefix is balanced
+    image, label = ds.load(3)
+    assert image.shape == (3, 32, 32) and label == 3
+
+
+def test_array_file_errors(tmp_path):
+    import numpy as np
+
+    with pytest.raises(DataNotFoundError, match="npz"):
+        build_dataset(DataCfg(name="array_file", root=str(tmp_path / "none.npz")))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 4, 4, 3), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="labels"):
+        build_dataset(DataCfg(name="array_file", root=str(bad)))

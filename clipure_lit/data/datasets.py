@@ -201,7 +201,27 @@ def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
     return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds))
 
 
+def _array_file(cfg: DataCfg) -> ImageDataset:
+    """A compressed NumPy file (``.npz``) with ``images`` (uint8 ``[N, H, W, 3]``), ``labels`` and ``classnames``,
+    such as the CIFAR-10 test sample shipped in ``clipure_lit/assets`` (sample id = row)."""
+    import numpy as np
+
+    from clipure_lit.utils.paths import find_path
+
+    path = find_path(cfg.root)
+    if path is None or not path.is_file():
+        raise _missing("array_file", Path(cfg.root), "set data.root to an .npz file with images, labels and classnames "
+                                                     "(scripts/make_cifar10_sample.py writes one).")
+    with np.load(path) as npz:
+        missing = [k for k in ("images", "labels", "classnames") if k not in npz.files]
+        if missing:
+            raise ConfigError(f"Array file '{path}' lacks {missing}; it needs images (uint8 [N, H, W, 3]), labels and classnames.")
+        images, labels, classnames = npz["images"], npz["labels"], [str(c) for c in npz["classnames"]]
+    return ImageDataset(classnames, [int(v) for v in labels], cfg.image_size, array=images)
+
+
 DATASETS: dict[str, Callable[[DataCfg], ImageDataset]] = {
+    "array_file": _array_file,
     "clip_benchmark": _clip_benchmark,
     "cifar10": lambda cfg: _cifar(cfg, hundred=False),
     "cifar100": lambda cfg: _cifar(cfg, hundred=True),
