@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
     from clipure_lit import runner, suite
     from clipure_lit.cli import run_cli
-    from clipure_lit.report import format_suite, format_summary
+    from clipure_lit.report import format_defences, format_suite, format_summary
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return suite.run_suite(cfg, argv) if cfg.suite.name else runner.run_eval(cfg)
 
     def report(metrics: dict) -> str:
-        return format_suite(metrics) if "rows" in metrics else format_summary(metrics)
+        if "rows" not in metrics:
+            return format_summary(metrics)
+        return format_defences(metrics) if metrics.get("compare") == "defences" else format_suite(metrics)
 
     return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job, report)
 

@@ -61,3 +61,28 @@ def format_suite(summary: dict) -> str:
             lines.append(f"skipped {row['dataset']}: {row['reason']}")
     lines.append(f"suite folder: {out} (suite.csv, suite.md, suite.png, one folder per dataset)")
     return "\n".join(lines)
+
+
+def format_defences(summary: dict) -> str:
+    """A suite of defences on the same samples: each defence's table (attack by attack), the masking flags that
+    fired, and one sentence on what the row means."""
+    from pathlib import Path
+
+    from clipure_lit.interpret import explain
+
+    done = [r for r in summary["rows"] if r.get("status") == "done"]
+    undefended = next((r for r in done if all(p.get("class") == "IdentityPurifier" for p in r["results"].get("purifiers", []))), None)
+    base = undefended["robust"] if undefended and undefended["robust"] is not None else None
+    lines = []
+    for row in summary["rows"]:
+        lines.append(f"\n=== {row['dataset']} ===")
+        if row.get("status") != "done":
+            lines.append(f"skipped: {row.get('reason', '')}")
+            continue
+        table = format_summary(row["results"]).splitlines()
+        lines.extend(line for line in table if not line.startswith("run folder:"))
+        lines.extend(textwrap.wrap("=> " + explain(row["results"], None if row is undefended else base), width=110,
+                                   subsequent_indent="   "))
+    out = Path(summary["run_dir"])
+    lines.append(f"\nfolder: {out} (suite.csv, suite.md, suite.png; one run folder per defence with results.json, samples.csv)")
+    return "\n".join(lines)

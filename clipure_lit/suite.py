@@ -33,13 +33,20 @@ def dataset_argv(cfg: DictConfig, argv: Sequence[str], entry, run_dir: Path) -> 
     blank = BlankAnchorSource(cfg.suite.blank)
     if blank == BlankAnchorSource.custom and not cfg.prompts.blank_prompt:
         raise ConfigError("suite.blank=custom needs prompts.blank_prompt='<prompt>' (e.g. \"a photo of a .\").")
-    extra = [f"data={entry.data}", f"prompts.class_templates={entry.templates}", "suite=none", f"run_dir={run_dir}",
-             f"name={cfg.name}-{entry.data}"]
-    if blank == BlankAnchorSource.dataset:
-        extra.append(f"prompts.blank_templates={entry.templates}")
-    elif blank == BlankAnchorSource.imagenet80:
+    extra = ["suite=none", f"run_dir={run_dir}", f"name={cfg.name}-{entry_name(entry)}"]
+    if entry.data:
+        extra.append(f"data={entry.data}")
+    if entry.templates:
+        extra.append(f"prompts.class_templates={entry.templates}")
+        if blank == BlankAnchorSource.dataset:
+            extra.append(f"prompts.blank_templates={entry.templates}")
+    if blank == BlankAnchorSource.imagenet80:
         extra.append("prompts.blank_templates=openai_imagenet_80")
     return base + extra + list(entry.overrides)
+
+
+def entry_name(entry) -> str:
+    return entry.name or entry.data
 
 
 def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
@@ -47,8 +54,8 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     from clipure_lit.config.loader import list_choices, load_config, to_yaml
     from clipure_lit.runner import make_run_dir, run_eval
 
-    entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only]
-    unknown = [e.data for e in entries if e.data not in list_choices("data")]
+    entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only or e.name in cfg.suite.only]
+    unknown = [e.data for e in entries if e.data and e.data not in list_choices("data")]
     if unknown:
         raise ConfigError(f"Suite '{cfg.suite.name}' names data choices that do not exist: {unknown}. Valid: {list_choices('data')}.")
     if not entries:
@@ -57,21 +64,23 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     (out / "config.yaml").write_text(to_yaml(cfg))
     rows = []
     for index, entry in enumerate(entries, 1):
-        run_dir = out / entry.data
+        name = entry_name(entry)
+        run_dir = out / name
         done = run_dir / "results.json"
         if cfg.get("resume", False) and done.is_file():
-            log.info("[%d/%d] %s: finished earlier, reusing %s", index, len(entries), entry.data, done)
-            rows.append(_row(entry.data, read_json(done)))
+            log.info("[%d/%d] %s: finished earlier, reusing %s", index, len(entries), name, done)
+            rows.append(_row(name, read_json(done)))
             continue
-        log.info("[%d/%d] %s", index, len(entries), entry.data)
+        log.info("[%d/%d] %s", index, len(entries), name)
         try:
             results = run_eval(load_config(dataset_argv(cfg, argv, entry, run_dir)))
         except DataNotFoundError as exc:
-            log.warning("%s skipped: %s", entry.data, exc)
-            rows.append({"dataset": entry.data, "status": "skipped", "reason": str(exc)})
+            log.warning("%s skipped: %s", name, exc)
+            rows.append({"dataset": name, "status": "skipped", "reason": str(exc)})
             continue
-        rows.append(_row(entry.data, results))
-    summary = {"suite": cfg.suite.name, "run_dir": str(out), "rows": rows, "average": average(rows)}
+        rows.append(_row(name, results))
+    summary = {"suite": cfg.suite.name, "compare": str(cfg.suite.compare.value), "run_dir": str(out), "rows": rows,
+               "average": average(rows)}
     write_json(out / "suite.json", summary)
     write_tables(out, {_defence_name(cfg): rows})
     if cfg.logger.name == "wandb":
@@ -89,7 +98,7 @@ def _row(dataset: str, results: dict) -> dict:
     worst = robust.get("worst_case")
     return {"dataset": dataset, "status": "done", "num_samples": results["num_samples"], "clean": results["clean"]["acc"],
             "clean_ci95": results["clean"]["ci95"], "robust": worst["acc"] if worst else None,
-            "robust_ci95": worst["ci95"] if worst else None}
+            "robust_ci95": worst["ci95"] if worst else None, "results": results}
 
 
 def average(rows: list[dict], exclude: tuple[str, ...] = ("imagenet",)) -> dict:

@@ -111,3 +111,27 @@ def test_suite_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     suite_runs = list((tmp_path / "suite" / "wandb").glob("offline-run-*"))
     dataset_runs = list((tmp_path / "suite" / "cifar10_jpeg_shared" / "wandb").glob("offline-run-*"))
     assert len(suite_runs) == 1 and len(dataset_runs) == 1  # the suite table, and the dataset's own run
+
+
+@needs_shared_cifar
+def test_suite_of_defences_prints_each_attack_and_a_sentence(tmp_path, capsys):
+    args = [a for a in tiny_args(tmp_path, "data.num_samples=8") if not a.startswith("run_dir=")]
+    summary = eval_script.main(args + ["suite=demo", "suite.only=[undefended,clipure_cos_as_released]", "attack.n_iter=2",
+                                       "trainer.num_threads=1", f"run_dir={tmp_path / 'demo'}"])
+    assert summary["compare"] == "defences" and [r["dataset"] for r in summary["rows"]] == ["undefended", "clipure_cos_as_released"]
+    out = capsys.readouterr().out
+    assert "=== clipure_cos_as_released ===" in out and "aa_clipure@bpda_identity" in out
+    assert "Undefended CLIP:" in out and "masked" in out  # the released gradient of CLIPure-Cos is flagged
+    cos = json.loads((tmp_path / "demo" / "clipure_cos_as_released" / "results.json").read_text())
+    assert cos["flags"]["weak_grad/aa_clipure@purifier"] == 1.0
+
+
+def test_explain_calls_masking_what_it_is():
+    from clipure_lit.interpret import explain
+
+    entry = lambda acc: {"acc": acc, "ci95": [0, 1], "correct": 0, "total": 10}  # noqa: E731
+    results = {"clean": entry(0.9), "purifiers": [{"class": "ClipureCos"}],
+               "robust": {"aa@purifier": entry(0.85), "aa@full": entry(0.05), "worst_case": entry(0.05)},
+               "flags": {"weak_grad/aa@purifier": 1.0}}
+    text = explain(results, undefended_robust=0.02)
+    assert "gradient masking, not robustness" in text and "85.0%" in text and "5.0%" in text and "+3.0 points" in text

@@ -176,11 +176,115 @@ class DiffCfg:
     prior: DiffPriorCfg = field(default_factory=DiffPriorCfg)
 
 
+class DiffusionSampler(str, Enum):
+    """Reverse process of DiffPure: ``ddpm`` (ancestral, stochastic) or ``ddim`` (deterministic when
+    ``ddim_eta=0``; the forward diffusion to t* is random in both)."""
+
+    ddpm = "ddpm"
+    ddim = "ddim"
+
+
+@dataclass
+class DiffPureUNetCfg:
+    """Architecture of a randomly initialised ``diffusers.UNet2DModel``, used when ``purifier.diffpure.model`` is
+    null (tests and smoke runs only: a random UNet does not denoise). Defaults: a 0.7 M-parameter 32x32 UNet."""
+
+    sample_size: int = 32
+    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    # GroupNorm groups; must divide every entry of block_out_channels.
+    norm_num_groups: int = 32
+    # Seed of the random initialisation (the global RNG is neither used nor disturbed).
+    init_seed: int = 0
+
+
+@dataclass
+class DiffPureCfg:
+    """Pixel-space diffusion purification (Nie et al. 2022): diffuse the image to t*, denoise back to 0."""
+
+    # A diffusers checkpoint: a hub id (``google/ddpm-cifar10-32``) or a local folder written by
+    # ``save_pretrained``. null: a random UNet built from ``unet`` (tests only; a warning is logged).
+    model: Optional[str] = None
+    # Folder of the UNet inside ``model`` (null: the root if it holds config.json, else ``unet/``).
+    subfolder: Optional[str] = None
+    # Hugging Face cache folder for hub ids (null: the hub's default).
+    cache_dir: Optional[str] = None
+    # Diffusion time t* as a fraction of the training schedule (DiffPure CIFAR-10: 0.1): the image is noised to
+    # timestep round(t_star * T) - 1 and denoised to 0.
+    t_star: float = 0.1
+    # Reverse steps (null: one per noise level, round(t_star * T), DiffPure's full chain). Must divide
+    # round(t_star * T): the chain visits every (round(t_star * T) / num_steps)-th timestep.
+    num_steps: Optional[int] = None
+    sampler: DiffusionSampler = DiffusionSampler.ddpm
+    # DDIM noise weight (0: deterministic reverse process; 1: DDPM-like variance). Ignored by ddpm.
+    ddim_eta: float = 0.0
+    # Clamp the predicted x0 to [-1, 1] at every step (diffusers' default for sampling). false: no clamp, so
+    # the attack gradient is not zeroed where the prediction saturates.
+    clip_sample: bool = False
+    # Take the noise schedule from the checkpoint's scheduler_config.json when it has one; otherwise (and for a
+    # random UNet) the keys below define it.
+    schedule_from_checkpoint: bool = True
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    # Interpolation between the attack resolution and the UNet's sample_size (used only when they differ).
+    resize_mode: ResizeMode = ResizeMode.bilinear
+    # Recompute each reverse step (UNet call + scheduler step) in the backward pass instead of storing its
+    # activations: same gradient, memory per step reduced to one image tensor.
+    gradient_checkpointing: bool = True
+    unet: DiffPureUNetCfg = field(default_factory=DiffPureUNetCfg)
+
+
+@dataclass
+class ClipurePixelCfg:
+    """CLIPure-Cos's objective ascended in pixel space: x <- proj(x + step_size * m), with m the normalised
+    gradient of cos(f(x), t_blank) (same step rule and gradient modes as the latent loop)."""
+
+    num_steps: int = 10
+    # L2 length of one step in [0, 1] pixel units (per sample with norm_scope=sample; shared by the batch's
+    # Frobenius norm with norm_scope=batch).
+    step_size: float = 0.25
+    momentum: float = 0.0
+    grad_mode: GradMode = GradMode.full
+    norm_scope: NormScope = NormScope.sample
+    # Batch size a norm_scope=batch run is meant for (a warning is logged once when it differs). null: no check.
+    batch_size: Optional[int] = None
+    # L-infinity budget around the input, in units of 1/255 (null: only the [0, 1] box).
+    eps: Optional[float] = 8.0
+    # Record per-step cos(f(x), anchor) and the L-infinity distance moved in ``last_diagnostics``.
+    diagnostics: bool = False
+
+
+@dataclass
+class JpegCfg:
+    # PIL JPEG quality, 1 (worst) .. 95 (PIL's useful maximum); 75 is the usual input-transform baseline.
+    quality: int = 75
+
+
+@dataclass
+class BitDepthCfg:
+    # Bits per colour channel kept (1..8): x -> round(x * (2^bits - 1)) / (2^bits - 1).
+    bits: int = 5
+
+
+@dataclass
+class GaussianNoiseCfg:
+    # Standard deviation of the additive noise in [0, 1] pixel units.
+    sigma: float = 0.05
+    # Clamp the noisy image back to [0, 1] (the purifier contract); false only for analysis.
+    clamp: bool = True
+
+
 @dataclass
 class PurifierCfg:
     # Latent purifier (acts on unit image embeddings [B, D]): identity, clipure_cos, clipure_diff.
     latent: str = "identity"
-    # Pixel purifier (acts on images [B, 3, H, W] in [0, 1]): identity, ...
+    # Pixel purifier (acts on images [B, 3, H, W] in [0, 1]): identity, diffpure, clipure_pixel, jpeg, bit_depth,
+    # gaussian_noise (docs/pixel_purifiers.md).
     pixel: str = "identity"
     # The ascent loop shared by CLIPure-Cos and CLIPure-Diff (released: 10 steps of size 30, no momentum).
     num_steps: int = 10
@@ -196,6 +300,12 @@ class PurifierCfg:
     # Seed of the purifier's own torch.Generator (stochastic purifiers never use the global RNG).
     seed: int = 0
     diff: DiffCfg = field(default_factory=DiffCfg)
+    # Pixel purifiers (purifier.pixel=diffpure | clipure_pixel | jpeg | bit_depth | gaussian_noise).
+    diffpure: DiffPureCfg = field(default_factory=DiffPureCfg)
+    clipure_pixel: ClipurePixelCfg = field(default_factory=ClipurePixelCfg)
+    jpeg: JpegCfg = field(default_factory=JpegCfg)
+    bit_depth: BitDepthCfg = field(default_factory=BitDepthCfg)
+    gaussian_noise: GaussianNoiseCfg = field(default_factory=GaussianNoiseCfg)
 
 
 class AttackNorm(str, Enum):
@@ -315,10 +425,13 @@ class LoggerCfg:
 
 @dataclass
 class SuiteEntry:
-    # A `data` group choice (conf/data/<data>.yaml) and the template set of its zero-shot head.
+    # Row label and run-folder name (default: ``data``).
+    name: str = ""
+    # A `data` group choice (conf/data/<data>.yaml) and the template set of its zero-shot head; empty: keep the
+    # run's data and prompts (a suite of defences on the same samples).
     data: str = ""
     templates: str = ""
-    # Extra dotted overrides for this dataset only (e.g. its data.root, or attack settings the protocol requires).
+    # Extra arguments for this entry only (e.g. its data.root, a purifier=... choice, attack settings).
     overrides: List[str] = field(default_factory=list)
 
 
@@ -331,14 +444,22 @@ class BlankAnchorSource(str, Enum):
     custom = "custom"
 
 
+class SuiteCompare(str, Enum):
+    datasets = "datasets"
+    defences = "defences"
+
+
 @dataclass
 class SuiteCfg:
     # Name of the suite (empty: a single evaluation, no suite).
     name: str = ""
     datasets: List[SuiteEntry] = field(default_factory=list)
-    # Restrict the run to these `data` choices of the suite (empty: all).
+    # Restrict the run to these entries of the suite (names or data choices; empty: all).
     only: List[str] = field(default_factory=list)
     blank: BlankAnchorSource = BlankAnchorSource.dataset
+    # ``datasets``: one row per dataset with the cross-dataset average; ``defences``: entries are defences on the
+    # same samples, printed attack by attack with a sentence on what each row means.
+    compare: SuiteCompare = SuiteCompare.datasets
 
 
 @dataclass
