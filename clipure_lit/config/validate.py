@@ -18,7 +18,15 @@ def validate_clip(cfg: DictConfig) -> None:
     import open_clip
 
     arch = cfg.clip.arch
-    if arch.startswith("hf-hub:") or cfg.clip.model_config:
+    if cfg.clip.model_config:
+        from pathlib import Path
+
+        stem = Path(cfg.clip.model_config).stem
+        if stem != arch:
+            raise ConfigError(f"clip.model_config='{cfg.clip.model_config}' registers a model named '{stem}' (its file stem), "
+                              f"but clip.arch='{arch}'. Fix: set clip.arch={stem}, or clip.model_config=null for an open_clip model.")
+        return
+    if arch.startswith("hf-hub:"):
         return
     known = open_clip.list_models()
     if arch not in known:
@@ -26,6 +34,30 @@ def validate_clip(cfg: DictConfig) -> None:
             f"Unknown CLIP architecture clip.arch='{arch}'.{_close(arch, known)} Valid choices are open_clip's model names "
             f"({len(known)}; e.g. ViT-B-32, ViT-B-16, ViT-L-14), an 'hf-hub:<org>/<repo>' id, or a custom config via clip.model_config."
         )
+
+
+_BETA_SCHEDULES = ("cosine", "linear", "quadratic", "jsd", "sigmoid")  # dalle2_pytorch NoiseScheduler
+
+
+def validate_purifier(cfg: DictConfig) -> None:
+    """Value checks of the CLIPure-Cos / CLIPure-Diff keys. (A missing prior checkpoint is reported when the
+    purifier is built: shipped configs must compose on machines that do not have the file.)"""
+    p = cfg.purifier
+    if not p.step_size >= 0.0:
+        raise ConfigError(f"purifier.step_size={p.step_size} must be >= 0 (released: 30).")
+    if p.batch_size is not None and p.batch_size <= 0:
+        raise ConfigError(f"purifier.batch_size={p.batch_size} must be a positive integer or null.")
+    if p.diff.n_noise < 1:
+        raise ConfigError(f"purifier.diff.n_noise={p.diff.n_noise} must be >= 1 (released: 1).")
+    prior = p.diff.prior
+    for key in ("dim", "depth", "heads", "dim_head", "ff_mult", "max_text_len", "timesteps"):
+        if prior[key] < 1:
+            raise ConfigError(f"purifier.diff.prior.{key}={prior[key]} must be >= 1.")
+    if prior.beta_schedule not in _BETA_SCHEDULES:
+        raise ConfigError(f"purifier.diff.prior.beta_schedule='{prior.beta_schedule}' is not one of {list(_BETA_SCHEDULES)} "
+                          "(released: cosine).")
+    if prior.image_embed_scale is not None and not prior.image_embed_scale > 0:
+        raise ConfigError(f"purifier.diff.prior.image_embed_scale={prior.image_embed_scale} must be > 0, or null for sqrt(dim).")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -54,6 +86,7 @@ def validate_config(cfg: DictConfig) -> None:
     if not 0 <= diff.t_min <= diff.t_max < diff.prior.timesteps:
         raise ConfigError(f"purifier.diff.t_min={diff.t_min} and t_max={diff.t_max} must satisfy 0 <= t_min <= t_max < "
                           f"purifier.diff.prior.timesteps={diff.prior.timesteps}.")
+    validate_purifier(cfg)
     purifies = cfg.purifier.latent != "identity" or cfg.purifier.pixel != "identity"
     if cfg.trainer.inference_mode and (purifies or len(cfg.attack.run) > 0):
         raise ConfigError(

@@ -1,0 +1,144 @@
+"""The normalised-gradient ascent on the unit sphere shared by CLIPure-Cos and CLIPure-Diff.
+
+Released rule (CLIPure, reference section 4.2), for k = 0 .. T-1, with step ``eta``, momentum ``gamma``:
+
+    r = ||z||  (per row),  u = z / r
+    g = d loss / d z                                  (loss: -sum_i cos(z_i, t) for Cos, denoising loss for Diff)
+    g_u = r * g
+    m = gamma * m - (1 - gamma) * g_u / ||g_u||       (Frobenius norm over the batch, or per row)
+    u = normalize(u + eta * m),  z = r * u
+
+so the norm of every embedding is preserved. ``GradMode.as_released`` makes ``g`` a constant for autograd
+(the official code calls ``autograd.grad`` without ``create_graph``); ``GradMode.full`` keeps ``g`` in the graph,
+which gives attacks the exact white-box gradient of the whole loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipure_lit.config.schema import GradMode, NormScope
+from clipure_lit.purifiers.base import Purifier, Space
+
+log = logging.getLogger(__name__)
+
+# Guards the division by ||g_u||; the released code has none (it returns NaN when z is exactly on the anchor).
+_NORM_FLOOR = 1e-30
+
+
+@dataclass(frozen=True)
+class AscentSettings:
+    """The loop's hyper-parameters (``purifier.*`` keys; defaults are the released values)."""
+
+    num_steps: int = 10
+    step_size: float = 30.0
+    momentum: float = 0.0
+    grad_mode: GradMode = GradMode.as_released
+    norm_scope: NormScope = NormScope.batch
+    batch_size: int | None = None  # the batch size a batch-coupled run is meant for (warn when it differs)
+    diagnostics: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "AscentSettings":
+        """From a ``PurifierCfg`` (dataclass or DictConfig)."""
+        return cls(num_steps=int(cfg.num_steps), step_size=float(cfg.step_size), momentum=float(cfg.momentum),
+                   grad_mode=GradMode(cfg.grad_mode), norm_scope=NormScope(cfg.norm_scope),
+                   batch_size=None if cfg.batch_size is None else int(cfg.batch_size), diagnostics=bool(cfg.diagnostics))
+
+
+def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
+    """``g_u / ||g_u||``: one Frobenius norm over the whole ``[B, D]`` batch (released, couples the samples)
+    or one L2 norm per row."""
+    if scope == NormScope.batch:
+        return g_u / g_u.norm().clamp_min(_NORM_FLOOR)
+    return g_u / g_u.norm(dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
+
+
+def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """Run the loop from ``z`` ``[B, D]``.
+
+    ``grad_fn(z, in_graph)`` returns ``d loss / d z`` ``[B, D]`` (the loss is *minimised*, so the step goes
+    along ``-g``); with ``in_graph=False`` the result must be detached. ``diag_fn(z, z0)``, if given and
+    ``settings.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and after
+    every step. Returns the purified ``[B, D]`` tensor and the diagnostics (a list of dicts, one per record).
+    """
+    in_graph = settings.grad_mode == GradMode.full
+    gamma, eta = settings.momentum, settings.step_size
+    z0 = z
+    records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []
+    m = torch.zeros_like(z)  # [B, D] momentum
+    for _ in range(settings.num_steps):
+        # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
+        r = z.norm(dim=-1, keepdim=True)  # [B, 1]
+        u = z / r  # [B, D]
+        g = grad_fn(z, in_graph)  # [B, D]
+        g_u = r * g
+        m = gamma * m - (1.0 - gamma) * normalise_direction(g_u, settings.norm_scope)
+        u = F.normalize(u + eta * m, dim=-1)
+        z = r * u
+        if records:
+            records.append(diag_fn(z, z0))
+    return z, records
+
+
+def stack_records(records: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """List of ``{name: [B]}`` -> ``{name: [len(records), B]}``, detached on the CPU."""
+    if not records:
+        return {}
+    return {k: torch.stack([r[k].detach().float().cpu() for r in records]) for k in records[0]}
+
+
+class AscentPurifier(Purifier):
+    """Latent purifier that runs :func:`sphere_ascent`; subclasses define the loss through :meth:`loss_grad`.
+
+    ``batch_coupled`` follows ``norm_scope`` and ``differentiable`` follows ``grad_mode`` (in ``as_released``
+    mode the input gradient is masked: autograd returns ~0, see docs/purifiers.md), so both are set per instance.
+    """
+
+    space = Space.latent
+    needs_grad = True
+
+    def __init__(self, settings: AscentSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.batch_coupled = settings.norm_scope == NormScope.batch
+        self.differentiable = settings.grad_mode == GradMode.full
+        self.last_diagnostics: dict[str, Tensor] = {}
+        self._warned_batch_size = False
+
+    def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def step_diagnostics(self, z: Tensor, z0: Tensor) -> dict[str, Tensor]:
+        """Per-sample statistics ``{name: [B]}``; the base records the cosine to the starting embedding."""
+        return {"cos_to_start": F.cosine_similarity(z.detach(), z0.detach(), dim=-1)}
+
+    def _check_batch_size(self, batch: int) -> None:
+        expected = self.settings.batch_size
+        if self.batch_coupled and expected is not None and batch != expected and not self._warned_batch_size:
+            self._warned_batch_size = True
+            log.warning("%s normalises its step over the whole batch (purifier.norm_scope=batch), so its output depends "
+                        "on the batch: it is evaluated at batch size %d but purifier.batch_size=%d. Results are not "
+                        "comparable to a run at %d. Fix: set data.batch_size=%d, or purifier.norm_scope=sample. "
+                        "(Warned once.)", type(self).__name__, batch, expected, expected, expected)
+
+    def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``z [B, D]`` -> purified ``[B, D]`` with the same row norms."""
+        self._check_batch_size(z.shape[0])
+        # enable_grad: AutoAttack's clean pass and Lightning's test loop may run under no_grad.
+        with torch.enable_grad():
+            out, records = sphere_ascent(z, lambda zz, in_graph: self.loss_grad(zz, in_graph, generator), self.settings,
+                                         self.step_diagnostics)
+        self.last_diagnostics = stack_records(records)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
+                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value}

@@ -1,0 +1,149 @@
+"""CLIPure-Diff: ascent on the log-likelihood of an unconditional diffusion prior over CLIP image embeddings.
+
+The loss is the prior's x0-prediction denoising loss, a one-sample proxy for -log p(z) (reference section 5.4):
+
+    x0 = s * z                       (s = image_embed_scale, sqrt(D) by default)
+    t ~ U{t_min, ..., t_max},  eps ~ N(0, I)
+    x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
+    loss_i = mean_d (net(x_t, t) - x0)^2          (target eps instead of x0 when predict_x_start=false)
+
+averaged over ``diff.n_noise`` fresh (t, eps) draws and over the batch; the step direction is ``-d loss / d z``
+through the same sphere ascent as CLIPure-Cos. Released: one t for the whole batch, one draw, t in [900, 999].
+All randomness comes from the ``generator`` argument (never the global RNG, which AutoAttack reseeds).
+The loss is computed per sample, so with ``norm_scope=sample`` sample i depends only on z_i and its own draws.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clipure_lit.errors import ConfigError
+from clipure_lit.purifiers.ascent import AscentPurifier, AscentSettings
+from clipure_lit.purifiers.base import Space
+from clipure_lit.purifiers.prior_cache import PrefixCache, build_prefix_cache, cached_forward, supports_prefix_cache
+from clipure_lit.purifiers.registry import register_purifier
+
+
+class ClipureDiff(AscentPurifier):
+    """Sphere ascent on minus the denoising loss of a frozen ``DiffusionPrior`` (see module docstring)."""
+
+    stochastic = True
+
+    def __init__(self, prior: nn.Module, settings: AscentSettings, t_min: int = 900, t_max: int = 999,
+                 t_per_sample: bool = False, n_noise: int = 1, seed: int = 0) -> None:
+        super().__init__(settings)
+        steps = prior.noise_scheduler.num_timesteps
+        if not 0 <= t_min <= t_max < steps:
+            raise ConfigError(f"purifier.diff.t_min={t_min}, t_max={t_max}: need 0 <= t_min <= t_max < {steps} "
+                              "(the prior's number of timesteps). Fix the range.")
+        if n_noise < 1:
+            raise ConfigError(f"purifier.diff.n_noise={n_noise} must be >= 1.")
+        self.prior = prior.eval().requires_grad_(False)
+        self.t_min, self.t_max, self.t_per_sample, self.n_noise = int(t_min), int(t_max), bool(t_per_sample), int(n_noise)
+        self.seed = int(seed)
+        self._fallback: torch.Generator | None = None
+        self._step_losses: list[Tensor] = []
+        self._prefix: PrefixCache | None = None
+
+    def train(self, mode: bool = True) -> "ClipureDiff":
+        # The prior is frozen: its dropout must stay off (it would also draw from the global RNG).
+        super().train(mode)
+        self.prior.eval()
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.prior.image_embed_dim)
+
+    def _generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+        if generator is not None:
+            return generator
+        # Called without a generator (not through the classifier): a private, seeded stream, never the global RNG.
+        if self._fallback is None or self._fallback.device != device:
+            self._fallback = torch.Generator(device=device).manual_seed(self.seed)
+        return self._fallback
+
+    def draw(self, batch: int, dim: int, generator: torch.Generator, device: torch.device,
+             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Timesteps ``[n_noise * B]`` and noise ``[n_noise * B, D]`` for one step, draw-major."""
+        gdev = generator.device
+        n_t = batch if self.t_per_sample else 1
+        t = torch.randint(self.t_min, self.t_max + 1, (self.n_noise, n_t), generator=generator, device=gdev)
+        t = t.expand(self.n_noise, batch).reshape(-1)  # one t per draw for the whole batch when not per sample
+        noise = torch.randn((self.n_noise * batch, dim), generator=generator, device=gdev, dtype=dtype)
+        return t.to(device), noise.to(device)
+
+    def denoising_loss(self, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Per-sample loss ``[n_noise * B]`` for ``z [B, D]`` (repeated over the draws), ``t``, ``noise``.
+
+        ``q_sample`` + the network are called directly: ``DiffusionPrior.forward`` rescales its input in place
+        and draws t from the global RNG.
+        """
+        prior = self.prior
+        x0 = (z * prior.image_embed_scale).repeat(self.n_noise, 1)  # [n*B, D]
+        x_t = prior.noise_scheduler.q_sample(x_start=x0, t=t, noise=noise)  # [n*B, D]
+        target = x0 if prior.predict_x_start else noise
+        return (self.predict(x_t, t) - target).square().mean(dim=-1)
+
+    def predict(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's unconditional prediction ``[N, D]`` for ``x_t [N, D]``, ``t [N]``.
+
+        Unconditional: the text tokens are replaced by the learned nulls (probability exactly 1, so no random
+        mask is drawn); the noisy embedding is the denoiser's input and is never dropped. The constant null-token
+        prefix is computed once per purification (:mod:`prior_cache`) when the architecture allows it.
+        """
+        net = self.prior.net
+        if not supports_prefix_cache(net):
+            return net(x_t, t, text_embed=torch.zeros_like(x_t), text_cond_drop_prob=1.0, image_cond_drop_prob=0.0)
+        cache = self._prefix if self._prefix is not None else build_prefix_cache(net)
+        return cached_forward(net, x_t, t, cache)
+
+    def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:
+        gen = self._generator(generator, z.device)
+        t, noise = self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype)
+        keep = in_graph and z.requires_grad
+        # as_released: differentiate at a detached copy, so the direction is a constant for autograd (the official
+        # autograd.grad without create_graph); full: differentiate at z itself and keep the graph.
+        z_in = z if keep else z.detach().requires_grad_(True)
+        per_sample = self.denoising_loss(z_in, t, noise)  # [n*B]
+        (g,) = torch.autograd.grad(per_sample.mean(), z_in, create_graph=keep)  # mean: as released (F.mse_loss)
+        if self.settings.diagnostics:
+            self._step_losses.append(per_sample.detach().view(self.n_noise, -1).mean(0))  # [B]
+        return g
+
+    def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``z [B, D]`` -> ``[B, D]``; diagnostics add ``denoise_loss [T, B]``: the loss that drove each step."""
+        self._step_losses: list[Tensor] = []
+        net = self.prior.net
+        self._prefix = build_prefix_cache(net) if supports_prefix_cache(net) else None  # shared by all T steps
+        try:
+            out = super().forward(z, generator=generator)
+        finally:
+            self._prefix = None  # never reuse it after the weights may have changed
+        if self._step_losses:
+            self.last_diagnostics["denoise_loss"] = torch.stack(self._step_losses).float().cpu()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "t_min": self.t_min, "t_max": self.t_max, "t_per_sample": self.t_per_sample,
+                "n_noise": self.n_noise, "prior_dim": self.embed_dim}
+
+
+@register_purifier("clipure_diff", Space.latent, "CLIPure-Diff: ascent on a diffusion prior's likelihood proxy")
+def build_clipure_diff(ctx) -> ClipureDiff:
+    from clipure_lit.purifiers.prior import load_prior
+
+    pcfg = ctx.cfg.purifier
+    if pcfg.diff.prior.dim != ctx.backbone.embed_dim:
+        raise ConfigError(
+            f"purifier.diff.prior.dim={pcfg.diff.prior.dim} but the CLIP model clip.arch='{ctx.cfg.clip.arch}' has "
+            f"embed_dim={ctx.backbone.embed_dim}: the prior must model this CLIP's embeddings. Fix: use a prior trained "
+            "on this CLIP (the released one is for ViT-L-14, dim 768) or set purifier.diff.prior.dim to match."
+        )
+    prior = load_prior(pcfg.diff.prior, init_seed=pcfg.seed)
+    d = pcfg.diff
+    return ClipureDiff(prior, AscentSettings.from_cfg(pcfg), t_min=d.t_min, t_max=d.t_max, t_per_sample=d.t_per_sample,
+                       n_noise=d.n_noise, seed=pcfg.seed).to(ctx.backbone.mean.device)
