@@ -55,6 +55,29 @@ def environment_info() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions, "git_commit": commit}
 
 
+def checkpoint_hashes(cfg: DictConfig) -> dict:
+    """SHA-256 of every local weight file the run loads (CLIP checkpoint, diffusion prior, diffusion UNet file)."""
+    import hashlib
+
+    from clipure_lit.utils.paths import find_path
+
+    candidates = {"clip.pretrained": cfg.clip.pretrained, "purifier.diff.prior.checkpoint": cfg.purifier.diff.prior.checkpoint}
+    if "diffpure" in cfg.purifier:
+        candidates["purifier.diffpure.model"] = cfg.purifier.diffpure.model
+    out = {}
+    for key, value in candidates.items():
+        path = find_path(value) if value else None
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else [path] if path else []
+        if files:
+            digest = hashlib.sha256()
+            for f in files:
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            out[key] = {"path": str(path), "sha256": digest.hexdigest()}
+    return out
+
+
 def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu"):
     """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible."""
     from clipure_lit.clip.backbone import load_backbone
@@ -112,7 +135,8 @@ def run_eval(cfg: DictConfig) -> dict:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     datamodule = ZeroShotDataModule(cfg.data)
     datamodule.setup("test")  # fails now, with the path, if the data is missing
-    env = {**environment_info(), "sample_ids_sha256": datamodule.ids_hash(), "num_samples": len(datamodule.sample_ids)}
+    env = {**environment_info(), "sample_ids_sha256": datamodule.ids_hash(), "num_samples": len(datamodule.sample_ids),
+           "checkpoints": checkpoint_hashes(cfg)}
     write_json(run_dir / "environment.json", env)
 
     classifier = build_classifier(cfg, datamodule.classnames)

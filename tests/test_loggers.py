@@ -45,3 +45,27 @@ def test_online_mode_is_only_used_with_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(netrc))
     assert wandb_credentials_present()
     pytest.importorskip("wandb")
+
+
+@needs_shared_cifar
+def test_run_folder_is_self_describing_and_wandb_gets_table_and_plot(tmp_path, monkeypatch):
+    import json
+
+    import wandb
+
+    logged = {}
+    real_log = wandb.sdk.wandb_run.Run.log
+
+    def spy(self, data, *args, **kwargs):
+        logged.update(data)
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
+    args = _without_logger(tiny_args(tmp_path, "data.num_samples=8")) + ["logger=wandb", "attack.run=[apgd_ce]", "attack.n_iter=2"]
+    eval_script.main(args)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "environment.json", "results.json", "samples.csv", "results.png"):
+        assert (run / name).is_file(), name
+    env = json.loads((run / "environment.json").read_text())
+    assert set(env) >= {"packages", "git_commit", "sample_ids_sha256", "checkpoints"}
+    assert isinstance(logged.get("test/samples"), wandb.Table) and isinstance(logged.get("test/results_plot"), wandb.Image)

@@ -90,9 +90,11 @@ def check_batch_dependence(classifier, x: Tensor) -> Finding:
         alone = torch.cat([logits_of(classifier, x[i:i + 1]) for i in range(k)]).softmax(-1)
         change = float((together - alone).abs().max())
     raised = declared or change > BATCH_PROB_CHANGE
+    measured = (f"max probability change {change:.1e} when a sample is classified alone" if not classifier.stochastic
+                else "not measured, the purifier is random")
     return Finding("batch_dependent", raised, change, (
-        f"Predictions depend on the other samples in the batch (declared batch_coupled={declared}; max probability "
-        f"change {change:.1e} when a sample is classified alone), so every result depends on data.batch_size, "
+        f"Predictions depend on the other samples in the batch (declared batch_coupled={declared}; {measured}), "
+        "so every result depends on data.batch_size, "
         "attack.batch_size and the number of processes, and an attacker could choose the batch mates. Stronger "
         "evaluation: purifier.norm_scope=sample, or data.batch_size=1 with attack.batch_size=1.") if raised else "")
 
