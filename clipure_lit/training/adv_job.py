@@ -1,0 +1,178 @@
+"""Jobs ``fare`` and ``tecoa``: adversarial fine-tuning of a trained CLIP's image encoder (RobustVLM; Schlarmann et
+al. 2024, FARE; Mao et al. 2023, TeCoA). The text tower stays frozen, so the zero-shot head is unchanged.
+
+With ``f`` the image encoder being tuned (unnormalised embedding, ``[B, D]``), ``f0`` a frozen copy of the
+original encoder, images ``x`` in [0, 1] and the Linf ball ``||d||_inf <= eps`` (``x + d`` kept in [0, 1]):
+
+* FARE (unsupervised):  ``L(x') = mean_b ||f(x')_b - f0(x)_b||_2^2``;  inner PGD maximises ``L`` over ``x' = x + d``,
+  the outer step minimises ``L(x_adv)``: the adversarial embedding stays close to the *original* clean embedding,
+  so the encoder keeps working with the original text tower and any downstream model built on it.
+* TeCoA (supervised):  ``L(x') = CE(s * normalize(f(x')) C^T, y)`` with the frozen zero-shot head ``C`` (class
+  templates ``adv_train.class_templates``) and the model's logit scale ``s``; PGD maximises it, the outer step
+  minimises it at ``x_adv``.
+
+PGD: random start uniform in the ball, ``pgd_steps`` signed-gradient steps of ``pgd_step_size``, projection on the
+ball and on [0, 1]; the encoder is in eval mode during the attack. Trainable parameters: open_clip state-dict
+names starting with one of ``adv_train.trainable``. Output: the full open_clip state dict as safetensors
+(``clip.pretrained=<file>`` on the evaluation side).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, copy_export, export_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def pgd_linf(loss_fn: Callable[[Tensor], Tensor], x: Tensor, eps: float, steps: int, step_size: float,
+             generator: torch.Generator | None = None) -> Tensor:
+    """Maximise ``loss_fn(x')`` over ``||x' - x||_inf <= eps``, ``x'`` in [0, 1]: random start, ``steps`` signed
+    gradient steps. Returns ``x_adv`` (detached, ``x.shape``)."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device) if generator is not None else torch.rand_like(x)
+    delta = (noise * 2 - 1) * eps
+    delta = (x + delta).clamp(0, 1) - x
+    for _ in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(loss_fn(x + delta), delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+
+
+class AdvTrainModule(BudgetedModule, pl.LightningModule):
+    """FARE / TeCoA fine-tuning of ``backbone.model.visual`` (module docstring)."""
+
+    def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
+        super().__init__()
+        from clipure_lit.clip.prompts import get_templates
+        from clipure_lit.clip.zeroshot import class_embeddings
+
+        self.cfg, self.at, self.kind = cfg, cfg.adv_train, cfg.job
+        self.backbone, self.tokenizer, self.classnames = backbone, tokenizer, list(classnames)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.original = copy.deepcopy(backbone).eval().requires_grad_(False)  # f0, frozen
+        prefixes = tuple(self.at.trainable)
+        names = [n for n, p in backbone.model.named_parameters()]
+        for name, p in backbone.model.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+        if not any(n.startswith(prefixes) for n in names):
+            from clipure_lit.errors import ConfigError
+
+            raise ConfigError(f"adv_train.trainable={list(prefixes)} matches no parameter of clip.arch='{cfg.clip.arch}' "
+                              f"(names look like {names[:3]}).")
+        with torch.no_grad():
+            C = class_embeddings(backbone, tokenizer, self.classnames, get_templates(self.at.class_templates))
+        self.register_buffer("class_emb", C.float(), persistent=False)  # [D, K]
+        self._val_z: list[Tensor] = []
+        self._val_y: list[Tensor] = []
+        self.last_val: dict[str, float] = {}
+
+    def features(self, x: Tensor) -> Tensor:
+        """Unnormalised image embedding ``[B, D]`` of the encoder being tuned (x in [0, 1])."""
+        return self.backbone.model.encode_image(self.backbone.preprocess(x)).float()
+
+    def loss_fn(self, x: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+        """The objective ``L(x')`` of the job for clean images ``x`` and labels ``y`` (module docstring)."""
+        if self.kind == "fare":
+            with torch.no_grad():
+                target = self.original.model.encode_image(self.original.preprocess(x)).float()  # f0(x), [B, D]
+            return lambda xp: (self.features(xp) - target).square().sum(-1).mean()
+        scale = self.backbone.logit_scale
+        return lambda xp: F.cross_entropy(scale * F.normalize(self.features(xp), dim=-1) @ self.class_emb, y)
+
+    def attack(self, x: Tensor, y: Tensor) -> Tensor:
+        was = self.backbone.training
+        self.backbone.eval()
+        fn = self.loss_fn(x, y)
+        x_adv = pgd_linf(fn, x, self.at.eps / 255, int(self.at.pgd_steps), self.at.pgd_step_size / 255)
+        self.backbone.train(was)
+        return x_adv
+
+    def training_step(self, batch, batch_idx):
+        from clipure_lit.training.clip_job import augment_uint8
+
+        images, y = batch[0], batch[1]  # uint8 [B, H, W, 3], [B]
+        ct = self.cfg.clip_train
+        x = augment_uint8(images.cpu(), ct.crop_padding, ct.hflip).to(self.device)
+        x_adv = self.attack(x, y)
+        loss = self.loss_fn(x, y)(x_adv)
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.budget_step_end()
+
+    def configure_optimizers(self):
+        return self.optimizers_for(self.backbone.model.parameters())
+
+    def validation_step(self, batch, batch_idx) -> None:
+        x, y = batch[0], batch[1]
+        self._val_z.append(self.backbone.encode_image(x).float().cpu())
+        self._val_y.append(y.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_z:
+            return
+        z, y = torch.cat(self._val_z), torch.cat(self._val_y)
+        self._val_z, self._val_y = [], []
+        acc = float(((z @ self.class_emb.cpu()).argmax(1) == y).float().mean())
+        self.last_val = {"clean_acc": acc}
+        self.log("val/clean_acc", acc)
+        log.info("step %d: val clean acc %.4f", self.global_step, acc)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from clipure_lit.config.loader import to_yaml
+
+        checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
+        self.save_clock(checkpoint)
+        if self.run_dir is not None:
+            self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
+
+    def export(self, path: Path) -> Path:
+        from clipure_lit.config.loader import to_plain
+
+        meta = {"job": self.kind, "arch": self.cfg.clip.arch, "base": str(self.cfg.clip.pretrained),
+                "global_step": int(self.global_step), "adv_train": to_plain(self.cfg)["adv_train"]}
+        return export_state_dict(self.backbone.model.state_dict(), path, self.at.export_dtype, metadata=meta)
+
+
+def run_adv(cfg, run_dir: Path, logger) -> dict:
+    """Fine-tune (or resume) with FARE or TeCoA; returns final metrics."""
+    from clipure_lit.clip.backbone import load_backbone
+    from clipure_lit.clip.prompts import get_classnames
+    from clipure_lit.data.datasets import build_dataset, select_ids
+    from clipure_lit.training.common import attention_kernel, build_fit_trainer, resolve_resume
+    from clipure_lit.training.data import TrainDataModule, build_eval_subset
+    from clipure_lit.training.image_cache import load_uint8
+
+    dataset = build_dataset(cfg.data)
+    classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
+    ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None
+    images, labels = load_uint8(dataset, cfg.adv_train.image_cache_dir, ids)
+    has_val = cfg.fit.val_every_n_steps != 0
+    val_set = build_eval_subset(cfg.val_data)[0] if has_val else None
+    dm = TrainDataModule((images, labels), cfg.data.batch_size, val_set=val_set, val_batch_size=cfg.val_data.batch_size,
+                         seed=cfg.seed)
+    backbone, tokenizer = load_backbone(cfg.clip)
+    module = AdvTrainModule(cfg, backbone, tokenizer, classnames, run_dir=run_dir)
+    trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val)
+    start = time.perf_counter()
+    with attention_kernel(cfg.fit.sdpa_math):
+        trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)
+    fit_s = time.perf_counter() - start
+    export = module.export(run_dir / EXPORT_DIR / f"{cfg.clip.arch}_{cfg.job}.safetensors")
+    shipped = copy_export(export, cfg.adv_train.export_to)
+    return {"job": cfg.job, "global_step": int(trainer.global_step), "fit_seconds": round(fit_s, 1), "export": str(export),
+            "export_to": shipped, **{f"val/{k}": v for k, v in module.last_val.items()}}

@@ -1,0 +1,64 @@
+"""``run_train(cfg)``: the run folder, seeding and logger shared by every job, then the job itself.
+
+The run folder (``run_dir``, else ``<output_root>/<name>/<timestamp>``) holds ``config.yaml`` (resolved, written
+first), ``environment.json``, ``checkpoints/last.ckpt`` (resumable training state), ``export/`` (the model
+weights the evaluation side loads) and ``results.json`` (the returned metrics), plus the logger's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def _jobs() -> dict[str, Callable]:
+    from clipure_lit.training.adv_job import run_adv
+    from clipure_lit.training.clip_job import run_clip
+    from clipure_lit.training.prior_job import run_prior
+
+    return {"clip": run_clip, "prior": run_prior, "fare": run_adv, "tecoa": run_adv}
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``)."""
+    import pytorch_lightning as pl
+
+    from clipure_lit.config.loader import to_plain, to_yaml
+    from clipure_lit.loggers import build_logger
+    from clipure_lit.results import write_json
+    from clipure_lit.runner import environment_info, make_run_dir
+    from clipure_lit.training.common import configure_cpu
+
+    configure_cpu(cfg.trainer.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_json(run_dir / "environment.json", environment_info())
+    logger = build_logger(cfg, run_dir, to_plain(cfg))
+    start = time.perf_counter()
+    try:
+        metrics = _jobs()[cfg.job](cfg, run_dir, logger)
+    finally:
+        if logger and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
+    write_json(run_dir / "results.json", metrics)
+    return metrics
+
+
+def format_train_summary(metrics: dict) -> str:
+    """A short human-readable summary of a training run's metrics."""
+    if not metrics:
+        return ""
+    keys = [k for k in metrics if not k.startswith("val/cos_blank_class")]
+    width = max(len(k) for k in keys)
+    lines = [f"{k:<{width}}  {json.dumps(metrics[k]) if not isinstance(metrics[k], float) else f'{metrics[k]:.4f}'}" for k in keys]
+    return "\n".join(["Training run summary", *lines])

@@ -1,0 +1,29 @@
+"""Train the models the evaluation side loads: a small CLIP, a diffusion prior over its embeddings (CLIPure-Diff),
+FARE / TeCoA robust fine-tuning.
+
+    python train.py --help
+    python train.py experiment=train_cifar10_small_clip
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Compose the config from ``argv`` (``sys.argv[1:]`` when None; root ``conf/train.yaml``), run the job named by
+    ``job`` and return its metrics (also written to ``<run folder>/results.json``)."""
+    # Idle OpenMP threads must sleep, not spin, when other processes share the cores (set before torch starts).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from clipure_lit.cli import run_cli
+    from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
+    from clipure_lit.training.runner import format_train_summary, run_train
+
+    return run_cli(argv, "train.py", "Train a small CLIP, a diffusion prior on its embeddings, or FARE/TeCoA fine-tuning "
+                   "(job=clip|prior|fare|tecoa).", run_train, format_train_summary, root="train", schema=TrainRunCfg,
+                   validate=validate_train_config)
+
+
+if __name__ == "__main__":
+    main()
