@@ -60,6 +60,37 @@ def validate_purifier(cfg: DictConfig) -> None:
         raise ConfigError(f"purifier.diff.prior.image_embed_scale={prior.image_embed_scale} must be > 0, or null for sqrt(dim).")
 
 
+def validate_pixel_purifiers(cfg: DictConfig) -> None:
+    """Value checks of the pixel-purifier keys (``purifier.diffpure|clipure_pixel|jpeg|bit_depth|gaussian_noise``).
+    A missing diffusion checkpoint is reported by ``runner.check_purifier_files``, before CLIP is loaded, not here:
+    shipped configs must compose on machines that do not have the file."""
+    from clipure_lit.purifiers.pixel_diffusion import diffusion_timesteps
+
+    p = cfg.purifier
+    d = p.diffpure
+    diffusion_timesteps(d.num_train_timesteps, d.t_star, d.num_steps, d.sampler)
+    if not d.ddim_eta >= 0.0:
+        raise ConfigError(f"purifier.diffpure.ddim_eta={d.ddim_eta} must be >= 0 (0: deterministic DDIM).")
+    levels = {len(d.unet.block_out_channels), len(d.unet.down_block_types), len(d.unet.up_block_types)}
+    if d.unet.sample_size < 8 or len(levels) != 1:
+        raise ConfigError(f"purifier.diffpure.unet: sample_size={d.unet.sample_size} must be >= 8 and block_out_channels, "
+                          "down_block_types and up_block_types must have one entry per resolution level.")
+    c = p.clipure_pixel
+    if c.num_steps < 0 or not c.step_size >= 0.0 or not 0.0 <= c.momentum < 1.0:
+        raise ConfigError(f"purifier.clipure_pixel: num_steps={c.num_steps} must be >= 0, step_size={c.step_size} >= 0 "
+                          f"and momentum={c.momentum} in [0, 1).")
+    if c.eps is not None and not c.eps >= 0.0:
+        raise ConfigError(f"purifier.clipure_pixel.eps={c.eps} must be >= 0 (units of 1/255) or null (no budget).")
+    if c.batch_size is not None and c.batch_size <= 0:
+        raise ConfigError(f"purifier.clipure_pixel.batch_size={c.batch_size} must be a positive integer or null.")
+    if not 1 <= p.jpeg.quality <= 100:
+        raise ConfigError(f"purifier.jpeg.quality={p.jpeg.quality} must be in [1, 100] (75 is the usual baseline).")
+    if not 1 <= p.bit_depth.bits <= 8:
+        raise ConfigError(f"purifier.bit_depth.bits={p.bit_depth.bits} must be in [1, 8].")
+    if not p.gaussian_noise.sigma >= 0.0:
+        raise ConfigError(f"purifier.gaussian_noise.sigma={p.gaussian_noise.sigma} must be >= 0 (pixel units).")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for an unknown dataset, purifier, template set or model, or incompatible options."""
     from clipure_lit.clip.prompts import get_classnames, get_templates
@@ -87,6 +118,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"purifier.diff.t_min={diff.t_min} and t_max={diff.t_max} must satisfy 0 <= t_min <= t_max < "
                           f"purifier.diff.prior.timesteps={diff.prior.timesteps}.")
     validate_purifier(cfg)
+    validate_pixel_purifiers(cfg)
     purifies = cfg.purifier.latent != "identity" or cfg.purifier.pixel != "identity"
     if cfg.trainer.inference_mode and (purifies or len(cfg.attack.run) > 0):
         raise ConfigError(
