@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: evaluate on the defaults that ship with the project (offline). Extra overrides: make run ARGS="purifier=clipure_cos"
+## The main job: plain CLIP vs CLIPure under standard and adaptive attacks, offline, on what ships with the
+## project (experiment=demo). Extra arguments: make run ARGS="experiment=cifar10_vitb32" (real OpenAI weights).
 run: $(STAMP)
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PY) eval.py $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(PY) eval.py experiment=demo $(ARGS)
 
 ## The default test suite (no downloads, no GPU).
 test: $(STAMP)

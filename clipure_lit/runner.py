@@ -23,7 +23,7 @@ from clipure_lit.results import write_json
 log = logging.getLogger(__name__)
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
-              "omegaconf", "clip-benchmark")
+              "omegaconf", "clip-benchmark", "diffusers")
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
@@ -78,6 +78,22 @@ def checkpoint_hashes(cfg: DictConfig) -> dict:
     return out
 
 
+def check_purifier_files(cfg: DictConfig) -> None:
+    """Fail within seconds, before CLIP is loaded, when a purifier's weights are missing (prior checkpoint,
+    diffusion checkpoint)."""
+    from clipure_lit.utils.paths import resolve_path
+
+    checkpoint = cfg.purifier.diff.prior.checkpoint
+    if cfg.purifier.latent == "clipure_diff" and checkpoint is not None:
+        resolve_path(checkpoint, "CLIPure-Diff prior checkpoint (purifier.diff.prior.checkpoint; docs/purifiers.md, "
+                                 "'Prior checkpoints')")
+    if cfg.purifier.pixel == "diffpure" and cfg.purifier.diffpure.model is not None:
+        from clipure_lit.purifiers.pixel_diffusion import locate_checkpoint
+
+        d = cfg.purifier.diffpure
+        locate_checkpoint(d.model, d.subfolder, d.cache_dir)
+
+
 def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu"):
     """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible."""
     from clipure_lit.clip.backbone import load_backbone
@@ -86,6 +102,7 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
     from clipure_lit.models.classifier import PurifiedZeroShotClassifier
     from clipure_lit.purifiers import BuildContext, build_purifier
 
+    check_purifier_files(cfg)
     backbone, tokenizer = load_backbone(cfg.clip, device=device)
     if cfg.data.classnames is not None:
         named = get_classnames(cfg.data.classnames)

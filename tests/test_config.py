@@ -16,7 +16,7 @@ from conftest import PROJECT_ROOT
 
 def test_defaults_compose_and_match_released_hyperparameters():
     cfg = load_config([])
-    assert cfg.clip.arch == "ViT-B-32" and cfg.clip.pretrained == "openai"
+    assert cfg.clip.arch == "ViT-C10-S4-32px" and cfg.data.name == "array_file"  # offline defaults that ship
     assert cfg.purifier.num_steps == 10 and cfg.purifier.step_size == 30.0 and cfg.purifier.momentum == 0.0
     assert cfg.purifier.grad_mode == GradMode.as_released and cfg.purifier.norm_scope == NormScope.batch
     assert cfg.purifier.diff.t_min == 900 and cfg.purifier.diff.t_max == 999
@@ -51,7 +51,8 @@ def test_yaml_file_argument_merges_at_root(tmp_path):
         (["purifier.num_steps=abc"], ["purifier.num_steps", "abc", "Integer"]),
         (["purifier.grad_mode=fulll"], ["purifier.grad_mode", "fulll", "as_released", "full"]),
         (["purifier=nope"], ["nope", "purifier", "none"]),
-        (["clip.arch=ViT-B-33"], ["ViT-B-33", "ViT-B-32"]),
+        (["clip=vitb32_openai", "clip.arch=ViT-B-33"], ["ViT-B-33", "ViT-B-32"]),
+        (["clip.arch=ViT-B-32"], ["ViT-C10-S4-32px", "clip.model_config=null"]),
         (["data.name=cifar11"], ["cifar11", "cifar10", "image_folder"]),
         (["prompts.class_templates=foo"], ["foo", "openai_imagenet_80", "cifar10"]),
         (["prompts.blank_templates=bar"], ["bar", "openai_imagenet_80"]),
@@ -78,10 +79,16 @@ def test_missing_yaml_file_is_reported_with_its_path(tmp_path):
 
 
 def test_every_shipped_config_file_validates():
-    """Each choice of each group composes against the schema (LHT's test_experiments idea)."""
+    """Each choice of each group composes against its schema (LHT's test_experiments idea); training experiments
+    (train_*) against train.py's."""
+    from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
+
     for group in GROUPS:
         for choice in list_choices(group):
-            load_config([f"{group}={choice}"])
+            if group == "experiment" and choice.startswith("train_"):
+                load_config([f"{group}={choice}"], root="train", schema=TrainRunCfg, validate=validate_train_config)
+            else:
+                load_config([f"{group}={choice}"])
 
 
 def test_experiment_files_only_name_existing_choices():

@@ -136,3 +136,12 @@ def test_gpu_matches_cpu(tmp_path):
     cpu = eval_script.main(tiny_args(tmp_path / "cpu", "data.num_samples=32"))
     gpu = eval_script.main(tiny_args(tmp_path / "gpu", "data.num_samples=32", "trainer=gpu"))
     assert abs(cpu["clean"]["acc"] - gpu["clean"]["acc"]) <= 1 / 32
+
+
+def test_missing_purifier_weights_fail_before_clip_is_loaded(capsys):
+    """The prior file is checked first: the error names it even though ViT-L/14 weights are unavailable too."""
+    with pytest.raises(SystemExit) as info:
+        eval_script.main(["clip=vitl14_openai", "purifier=clipure_diff", "purifier.diff.prior.checkpoint=nowhere/prior.pth"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere/prior.pth" in err and "Pretrained weights" not in err
