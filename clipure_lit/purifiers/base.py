@@ -38,6 +38,17 @@ class Purifier(nn.Module):
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def generator_or_fallback(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+        """``generator`` when given (the classifier's); otherwise a private stream seeded with ``self.seed`` (for
+        direct calls), never the global RNG that AutoAttack reseeds."""
+        if generator is not None:
+            return generator
+        fallback = getattr(self, "_fallback", None)
+        if fallback is None or fallback.device != device:
+            fallback = torch.Generator(device=device).manual_seed(int(getattr(self, "seed", 0)))
+            self._fallback = fallback
+        return fallback
+
     def describe(self) -> dict[str, Any]:
         """Properties logged with every run."""
         return {"class": type(self).__name__, "space": self.space.value, "stochastic": self.stochastic,

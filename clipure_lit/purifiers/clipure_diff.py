@@ -58,14 +58,6 @@ class ClipureDiff(AscentPurifier):
     def embed_dim(self) -> int:
         return int(self.prior.image_embed_dim)
 
-    def _generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
-        if generator is not None:
-            return generator
-        # Called without a generator (not through the classifier): a private, seeded stream, never the global RNG.
-        if self._fallback is None or self._fallback.device != device:
-            self._fallback = torch.Generator(device=device).manual_seed(self.seed)
-        return self._fallback
-
     def draw(self, batch: int, dim: int, generator: torch.Generator, device: torch.device,
              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Timesteps ``[n_noise * B]`` and noise ``[n_noise * B, D]`` for one step, draw-major."""
@@ -102,7 +94,7 @@ class ClipureDiff(AscentPurifier):
         return cached_forward(net, x_t, t, cache)
 
     def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:
-        gen = self._generator(generator, z.device)
+        gen = self.generator_or_fallback(generator, z.device)
         t, noise = self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype)
         keep = in_graph and z.requires_grad
         # as_released: differentiate at a detached copy, so the direction is a constant for autograd (the official

@@ -257,14 +257,6 @@ class DiffPurePurifier(Purifier):
         self.unet.eval()  # frozen: no dropout, ever
         return self
 
-    def _generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
-        if generator is not None:
-            return generator
-        # Called without a generator (not through the classifier): a private seeded stream, never the global RNG.
-        if self._fallback is None or self._fallback.device != device:
-            self._fallback = torch.Generator(device=device).manual_seed(self.seed)
-        return self._fallback
-
     def _resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(x.shape[-2:]) == size:
             return x
@@ -282,7 +274,7 @@ class DiffPurePurifier(Purifier):
         return self.scheduler.step(eps, t, h, generator=step_gen, **extra).prev_sample
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        gen = self._generator(generator, x.device)
+        gen = self.generator_or_fallback(generator, x.device)
         size = tuple(x.shape[-2:])
         h = 2.0 * self._resize(x, self.model_size) - 1.0  # [B, 3, S, S] in [-1, 1]
         noise = torch.randn(h.shape, generator=gen, device=gen.device, dtype=h.dtype).to(h.device)

@@ -110,15 +110,8 @@ class GaussianNoisePurifier(Purifier):
         self.sigma, self.clamp, self.seed = float(sigma), bool(clamp), int(seed)
         self._fallback: torch.Generator | None = None
 
-    def _generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
-        if generator is not None:
-            return generator
-        if self._fallback is None or self._fallback.device != device:
-            self._fallback = torch.Generator(device=device).manual_seed(self.seed)
-        return self._fallback
-
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        gen = self._generator(generator, x.device)
+        gen = self.generator_or_fallback(generator, x.device)
         noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)  # [B, 3, H, W]
         out = x + self.sigma * noise
         return out.clamp(0.0, 1.0) if self.clamp else out

@@ -132,14 +132,6 @@ class AdvTrainModule(BudgetedModule, pl.LightningModule):
         self.log("val/clean_acc", acc)
         log.info("step %d: val clean acc %.4f", self.global_step, acc)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from clipure_lit.config.loader import to_yaml
-
-        checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
-        self.save_clock(checkpoint)
-        if self.run_dir is not None:
-            self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
-
     def export(self, path: Path) -> Path:
         from clipure_lit.config.loader import to_plain
 

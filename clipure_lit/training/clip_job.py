@@ -173,14 +173,6 @@ class ClipTrainModule(BudgetedModule, pl.LightningModule):
                  stats["cos_blank_class_min"], stats["cos_blank_class_max"])
 
     # ---- checkpoints and export -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from clipure_lit.config.loader import to_yaml
-
-        checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
-        self.save_clock(checkpoint)
-        if self.run_dir is not None:
-            self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
-
     def export(self, path: Path) -> Path:
         """The open_clip state dict (``model.*`` keys of open_clip's CLIP) as safetensors, in ``export_dtype``."""
         from clipure_lit.config.loader import to_plain

@@ -237,5 +237,15 @@ class BudgetedModule:
     def save_clock(self, checkpoint: dict) -> None:
         checkpoint["clipure_elapsed_s"] = float(self.clock.elapsed()) if self.clock is not None else self._elapsed_offset
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every checkpoint carries the resolved config and the elapsed time, and refreshes the exported weights
+        (``<run>/export/last.safetensors``) so an interrupted run still leaves loadable weights."""
+        from clipure_lit.config.loader import to_yaml
+
+        checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
+        self.save_clock(checkpoint)
+        if self.run_dir is not None:
+            self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._elapsed_offset = float(checkpoint.get("clipure_elapsed_s", 0.0))

@@ -92,14 +92,6 @@ class PriorTrainModule(BudgetedModule, pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in self.last_val.items()})
         log.info("step %d: %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from clipure_lit.config.loader import to_yaml
-
-        checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
-        self.save_clock(checkpoint)
-        if self.run_dir is not None:
-            self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
-
     def export(self, path: Path) -> Path:
         """The ``DiffusionPrior`` state dict (network weights in ``export_dtype``, schedule buffers in fp32)."""
         from clipure_lit.config.loader import to_plain
