@@ -82,7 +82,9 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     summary = {"suite": cfg.suite.name, "compare": str(cfg.suite.compare.value), "run_dir": str(out), "rows": rows,
                "average": average(rows)}
     write_json(out / "suite.json", summary)
-    write_tables(out, {_defence_name(cfg): rows})
+    # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
+    column = _defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
+    write_tables(out, {column: rows})
     if cfg.logger.name == "wandb":
         from clipure_lit.loggers import log_table_to_wandb
 
@@ -163,7 +165,8 @@ def _plot(path: Path, datasets: list[str], columns: dict, by_key: dict) -> None:
         for k, key in enumerate(("clean", "robust")):
             values = [100 * (by_key.get((name, d), {}).get(key) or 0.0) for d in datasets]
             xs = [i - 0.4 + width * (2 * j + k + 0.5) for i in range(len(datasets))]
-            ax.bar(xs, values, width, label=f"{name} {key}", alpha=1.0 if key == "robust" else 0.45)
+            label = f"{key} (worst case)" if key == "robust" else key
+            ax.bar(xs, values, width, label=label if name == "defence" else f"{name} {label}", alpha=1.0 if key == "robust" else 0.45)
     ax.set_xticks(range(len(datasets)), datasets, rotation=45, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
