@@ -244,7 +244,7 @@ def main(argv=None):
         memory = bench_memory([(u, k, c, args.batch) for u, ks in (("tiny_unet", (2, 10, 50)), ("ddpm_c10_arch", (2, 10)))
                                for k in ks for c in (False, True)], args.threads)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "args": vars(args), "unet_params": sizes, "rows": rows, "memory": memory}
+           "cpu_count": os.cpu_count(), "args": {**vars(args), "out": os.path.relpath(args.out, REPO)}, "unet_params": sizes, "rows": rows, "memory": memory}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"{'clip':<6} {'batch':>5}  {'case':<58} {'median s':>9} {'ms/image':>9} {'/plain fwd':>10}")

@@ -172,7 +172,7 @@ def main(argv=None):
         rows += bench_model("ViT-B-32", args.uncached_batch, 1, {"released_size_prior_uncached": RELEASED_PRIOR}, log,
                             diff_modes=(GradMode.as_released,), warmup=False, with_cos=False, diff_cls=UncachedDiff)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
-           "processor": platform.processor(), "cpu_count": os.cpu_count(), "args": vars(args), "rows": rows}
+           "processor": platform.processor(), "cpu_count": os.cpu_count(), "args": {**vars(args), "out": os.path.relpath(args.out, REPO)}, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"{'model':<9} {'batch':>5}  {'case':<48} {'median s':>9} {'/plain fwd':>10} {'/plain attack':>13} "

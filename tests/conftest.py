@@ -30,3 +30,15 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
 def _run_from_project_root(monkeypatch):
     """Config paths such as conf/model_configs/... are relative to the project root."""
     monkeypatch.chdir(PROJECT_ROOT)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """Run a module's tests with one torch thread, then restore: on 2 shared cores, tiny ops are up to ~100x slower
+    with 2 threads when another process is busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

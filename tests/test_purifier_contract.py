@@ -21,12 +21,8 @@ TINY_PRIOR = {"dim": 64, "depth": 1, "heads": 2, "dim_head": 16, "max_text_len":
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on 2 shared cores are ~100x slower with 2 threads when another process is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread_module):
+    """Every test of this module runs single-threaded (see conftest.one_thread_module)."""
 
 
 @pytest.fixture(scope="module")

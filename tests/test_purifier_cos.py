@@ -21,12 +21,8 @@ D = 64
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on 2 shared cores are ~100x slower with 2 threads when another process is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread_module):
+    """Every test of this module runs single-threaded (see conftest.one_thread_module)."""
 
 
 def released_rule(z, t, n_iter=10, step=30.0, gamma=0.0, per_sample=False, create_graph=False):

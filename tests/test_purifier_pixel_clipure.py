@@ -16,11 +16,8 @@ from clipure_lit.purifiers.pixel_clipure import ClipurePixel
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread_module):
+    """Every test of this module runs single-threaded (see conftest.one_thread_module)."""
 
 
 @pytest.fixture(scope="module")

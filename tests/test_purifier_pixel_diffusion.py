@@ -21,11 +21,8 @@ SMALL_UNET = {"block_out_channels": [16, 32], "norm_num_groups": 8}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread_module):
+    """Every test of this module runs single-threaded (see conftest.one_thread_module)."""
 
 
 def cfg(**keys):
