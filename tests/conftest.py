@@ -42,3 +42,13 @@ def one_thread_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runs with trainer.num_threads=1 change torch's process-wide thread count; every test gets it back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)

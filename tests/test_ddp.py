@@ -7,19 +7,10 @@ import csv
 import json
 
 import pytest
-import torch
 
 import eval as eval_script
 
 from conftest import needs_shared_cifar, tiny_args
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """Runs below pass trainer.num_threads=1 (faster on a shared 2-core machine); restore the global setting."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
 
 # attack.batch_size=1 makes every attack result a per-sample function (batches differ between 1 and 2 processes).
 ARGS = ["data.num_samples=7", "data.batch_size=2", "attack.run=[fast,square]", "attack.entries.fast.base=apgd_ce",

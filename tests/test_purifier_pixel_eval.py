@@ -4,7 +4,6 @@ gradient, BPDA, EOT for the random one), alone and combined with a latent purifi
 from __future__ import annotations
 
 import pytest
-import torch
 
 import eval as eval_script
 from conftest import needs_shared_cifar, tiny_args
@@ -21,13 +20,6 @@ CASES = {
     "pixel+latent": (["purifier=clipure_cos_plus_jpeg", "purifier.norm_scope=sample"], ["fast@bpda_identity", "fast@full"],
                      ["JpegPurifier", "ClipureCos"]),
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
 
 
 @needs_shared_cifar

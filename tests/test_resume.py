@@ -6,21 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import pytorch_lightning as pl
 
 import eval as eval_script
 from clipure_lit.errors import ConfigError
 
 from conftest import needs_shared_cifar, tiny_args
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """Runs below pass trainer.num_threads=1 (faster on a shared 2-core machine); restore the global setting."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
 
 ATTACKS = ["attack.run=[fast,transfer_clip]", "attack.entries.fast.base=apgd_ce", "attack.n_iter=2", "attack.eps=1",
            "attack.entries.aa_clipure.n_restarts=1", "attack.entries.aa_clipure.n_target_classes=2", "trainer.num_threads=1"]

@@ -21,14 +21,6 @@ from clipure_lit.models.lit_module import ZeroShotLitModule
 
 from conftest import needs_shared_cifar, tiny_args
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """Runs below pass trainer.num_threads=1 (faster on a shared 2-core machine); restore the global setting."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 FAST = ["attack.run=[fast,fast@bpda_identity,transfer_clip,square]", "attack.entries.fast.base=apgd_ce", "attack.n_iter=2",
         "attack.n_queries=10", "attack.entries.aa_clipure.n_restarts=1", "attack.entries.aa_clipure.n_target_classes=2",
         "attack.eps=16", "trainer.num_threads=1"]

@@ -111,9 +111,6 @@ class AdvTrainModule(BudgetedModule, pl.LightningModule):
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.budget_step_end()
-
     def configure_optimizers(self):
         return self.optimizers_for(self.backbone.model.parameters())
 

@@ -149,7 +149,7 @@ class ClipTrainModule(BudgetedModule, pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():
             self.backbone.model.logit_scale.clamp_(max=math.log(self.ct.logit_scale_max))
-        self.budget_step_end()
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def configure_optimizers(self):
         return self.optimizers_for(self.backbone.model.parameters())

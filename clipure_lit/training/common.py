@@ -224,6 +224,9 @@ class BudgetedModule:
             self.clock.offset = self._elapsed_offset
             self.clock.start()
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.budget_step_end()
+
     def budget_step_end(self) -> None:
         if self.clock is None:
             return
