@@ -114,3 +114,19 @@ def test_builds_from_config_with_the_cos_anchor(tmp_path):
     assert pixel.describe()["eps_255"] == pytest.approx(8.0) and pixel.settings.step_size == 0.25
     with torch.no_grad():
         assert classifier(images(2)).shape == (2, 3)
+
+
+def test_gradient_checkpointing_same_gradient_and_diagnostics(backbone, anchor):
+    x = images(2)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    grads, diags = {}, {}
+    for ckpt in (False, True):
+        p = purifier(backbone, anchor, eps=8.0 / 255, num_steps=3, step_size=0.05, gradient_checkpointing=ckpt,
+                     diagnostics=True)
+        xr = x.clone().requires_grad_(True)
+        (grads[ckpt],) = torch.autograd.grad((p(xr) * w).sum(), xr)
+        diags[ckpt] = p.last_diagnostics
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)
+    assert (grads[True] - w).abs().max() > 1e-4  # the second-order part is there
+    for key in diags[False]:
+        torch.testing.assert_close(diags[True][key], diags[False][key], rtol=0, atol=0)

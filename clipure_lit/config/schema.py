@@ -257,6 +257,9 @@ class ClipurePixelCfg:
     eps: Optional[float] = 8.0
     # Record per-step cos(f(x), anchor) and the L-infinity distance moved in ``last_diagnostics``.
     diagnostics: bool = False
+    # grad_mode=full: recompute each step (a CLIP forward + backward) in the attack's backward pass instead of
+    # keeping its second-order graph. Same gradient; memory flat in num_steps.
+    gradient_checkpointing: bool = True
 
 
 @dataclass
@@ -297,6 +300,9 @@ class PurifierCfg:
     batch_size: Optional[int] = None
     # Record per-step cos(z, anchor), cos(z, z0) (and the Diff loss) in the purifier's ``last_diagnostics``.
     diagnostics: bool = False
+    # grad_mode=full (or an attack's @full / @eot): recompute each ascent step in the backward pass instead of
+    # keeping its graph. Same gradient; memory flat in num_steps (matters for CLIPure-Diff's prior activations).
+    gradient_checkpointing: bool = True
     # Seed of the purifier's own torch.Generator (stochastic purifiers never use the global RNG).
     seed: int = 0
     diff: DiffCfg = field(default_factory=DiffCfg)

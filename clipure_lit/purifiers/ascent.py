@@ -11,6 +11,12 @@ Released rule (CLIPure, reference section 4.2), for k = 0 .. T-1, with step ``et
 so the norm of every embedding is preserved. ``GradMode.as_released`` makes ``g`` a constant for autograd
 (the official code calls ``autograd.grad`` without ``create_graph``); ``GradMode.full`` keeps ``g`` in the graph,
 which gives attacks the exact white-box gradient of the whole loop.
+
+Memory: in ``full`` mode each step keeps the graph of its inner gradient (for CLIPure-Diff, the prior's activations)
+until the attack's backward pass, so memory grows linearly in T. With ``gradient_checkpointing`` each step runs
+under ``torch.utils.checkpoint``: only its inputs (z, m) are kept and the step is recomputed in the backward pass,
+so memory is flat in T for one more forward of each step. The gradient is the same because a step draws no
+randomness of its own: ``grad_fn`` receives the step index, and stochastic losses pre-draw per step.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.purifiers.base import Purifier, Space
@@ -43,13 +50,20 @@ class AscentSettings:
     norm_scope: NormScope = NormScope.batch
     batch_size: int | None = None  # the batch size a batch-coupled run is meant for (warn when it differs)
     diagnostics: bool = False
+    gradient_checkpointing: bool = True  # full mode only: recompute each step in the backward pass
+
+    @property
+    def checkpoints_steps(self) -> bool:
+        """Whether the loop checkpoints its steps (only ``full`` mode keeps a graph worth recomputing)."""
+        return self.gradient_checkpointing and self.grad_mode == GradMode.full
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "AscentSettings":
         """From a ``PurifierCfg`` (dataclass or DictConfig)."""
         return cls(num_steps=int(cfg.num_steps), step_size=float(cfg.step_size), momentum=float(cfg.momentum),
                    grad_mode=GradMode(cfg.grad_mode), norm_scope=NormScope(cfg.norm_scope),
-                   batch_size=None if cfg.batch_size is None else int(cfg.batch_size), diagnostics=bool(cfg.diagnostics))
+                   batch_size=None if cfg.batch_size is None else int(cfg.batch_size), diagnostics=bool(cfg.diagnostics),
+                   gradient_checkpointing=bool(cfg.gradient_checkpointing))
 
 
 def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
@@ -63,25 +77,31 @@ def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
 def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Run the loop from ``z`` ``[B, D]``.
 
-    ``grad_fn(z, in_graph)`` returns ``d loss / d z`` ``[B, D]`` (the loss is *minimised*, so the step goes
-    along ``-g``); with ``in_graph=False`` the result must be detached. ``diag_fn(z, z0)``, if given and
-    ``settings.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and after
-    every step. Returns the purified ``[B, D]`` tensor and the diagnostics (a list of dicts, one per record).
+    ``grad_fn(z, in_graph, step)`` returns ``d loss / d z`` ``[B, D]`` at step ``step`` (0-based; the loss is
+    *minimised*, so the step goes along ``-g``); with ``in_graph=False`` the result must be detached. It must be a
+    function of its arguments (a checkpointed step calls it again in the backward pass). ``diag_fn(z, z0)``, if
+    given and ``settings.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and
+    after every step. Returns the purified ``[B, D]`` tensor and the diagnostics (a list of dicts, one per record).
     """
     in_graph = settings.grad_mode == GradMode.full
     gamma, eta = settings.momentum, settings.step_size
-    z0 = z
-    records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []
-    m = torch.zeros_like(z)  # [B, D] momentum
-    for _ in range(settings.num_steps):
+
+    def step(z: Tensor, m: Tensor, k: int) -> tuple[Tensor, Tensor]:
         # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
         r = z.norm(dim=-1, keepdim=True)  # [B, 1]
         u = z / r  # [B, D]
-        g = grad_fn(z, in_graph)  # [B, D]
-        g_u = r * g
+        g_u = r * grad_fn(z, in_graph, k)  # [B, D]
         m = gamma * m - (1.0 - gamma) * normalise_direction(g_u, settings.norm_scope)
-        u = F.normalize(u + eta * m, dim=-1)
-        z = r * u
+        return r * F.normalize(u + eta * m, dim=-1), m
+
+    z0 = z
+    records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []
+    m = torch.zeros_like(z)  # [B, D] momentum
+    for k in range(settings.num_steps):
+        if settings.checkpoints_steps and z.requires_grad:
+            z, m = checkpoint(step, z, m, k, use_reentrant=False)
+        else:
+            z, m = step(z, m, k)
         if records:
             records.append(diag_fn(z, z0))
     return z, records
@@ -95,7 +115,7 @@ def stack_records(records: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 class AscentPurifier(Purifier):
-    """Latent purifier that runs :func:`sphere_ascent`; subclasses define the loss through :meth:`loss_grad`.
+    """Latent purifier that runs :func:`sphere_ascent`; subclasses define the step gradient through :meth:`make_grad_fn`.
 
     ``batch_coupled`` follows ``norm_scope`` and ``differentiable`` follows ``grad_mode`` (in ``as_released``
     mode the input gradient is masked: autograd returns ~0, see docs/purifiers.md), so both are set per instance.
@@ -112,7 +132,9 @@ class AscentPurifier(Purifier):
         self.last_diagnostics: dict[str, Tensor] = {}
         self._warned_batch_size = False
 
-    def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:  # pragma: no cover
+    def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):  # pragma: no cover
+        """``grad_fn(z, in_graph, step) -> d loss / d z [B, D]`` for one purification of ``z`` (see
+        :func:`sphere_ascent`); randomness is drawn here, not inside ``grad_fn``."""
         raise NotImplementedError
 
     def step_diagnostics(self, z: Tensor, z0: Tensor) -> dict[str, Tensor]:
@@ -133,12 +155,12 @@ class AscentPurifier(Purifier):
         self._check_batch_size(z.shape[0])
         # enable_grad: AutoAttack's clean pass and Lightning's test loop may run under no_grad.
         with torch.enable_grad():
-            out, records = sphere_ascent(z, lambda zz, in_graph: self.loss_grad(zz, in_graph, generator), self.settings,
-                                         self.step_diagnostics)
+            out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.settings, self.step_diagnostics)
         self.last_diagnostics = stack_records(records)
         return out
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
         return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
-                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value}
+                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
+                "gradient_checkpointing": s.gradient_checkpointing}

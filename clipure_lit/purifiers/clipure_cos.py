@@ -42,11 +42,16 @@ class ClipureCos(AscentPurifier):
         # Only the anchor's direction enters a cosine, so store it unit-norm: [D].
         self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=0))
 
-    def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:
-        if in_graph:
-            return neg_cos_grad(z, self.anchor)
-        with torch.no_grad():
-            return neg_cos_grad(z.detach(), self.anchor)
+    def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):
+        """The closed-form gradient of ``-sum_i cos(z_i, anchor)``; deterministic, so the step index is unused."""
+
+        def grad_fn(zz: Tensor, in_graph: bool, step: int) -> Tensor:
+            if in_graph:
+                return neg_cos_grad(zz, self.anchor)
+            with torch.no_grad():
+                return neg_cos_grad(zz.detach(), self.anchor)
+
+        return grad_fn
 
     def step_diagnostics(self, z: Tensor, z0: Tensor) -> dict[str, Tensor]:
         zd = z.detach()

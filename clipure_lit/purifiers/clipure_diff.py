@@ -45,8 +45,7 @@ class ClipureDiff(AscentPurifier):
         self.t_min, self.t_max, self.t_per_sample, self.n_noise = int(t_min), int(t_max), bool(t_per_sample), int(n_noise)
         self.seed = int(seed)
         self._fallback: torch.Generator | None = None
-        self._step_losses: list[Tensor] = []
-        self._prefix: PrefixCache | None = None
+        self._step_losses: dict[int, Tensor] = {}
 
     def train(self, mode: bool = True) -> "ClipureDiff":
         # The prior is frozen: its dropout must stay off (it would also draw from the global RNG).
@@ -68,7 +67,7 @@ class ClipureDiff(AscentPurifier):
         noise = torch.randn((self.n_noise * batch, dim), generator=generator, device=gdev, dtype=dtype)
         return t.to(device), noise.to(device)
 
-    def denoising_loss(self, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def denoising_loss(self, z: Tensor, t: Tensor, noise: Tensor, prefix: PrefixCache | None = None) -> Tensor:
         """Per-sample loss ``[n_noise * B]`` for ``z [B, D]`` (repeated over the draws), ``t``, ``noise``.
 
         ``q_sample`` + the network are called directly: ``DiffusionPrior.forward`` rescales its input in place
@@ -78,45 +77,54 @@ class ClipureDiff(AscentPurifier):
         x0 = (z * prior.image_embed_scale).repeat(self.n_noise, 1)  # [n*B, D]
         x_t = prior.noise_scheduler.q_sample(x_start=x0, t=t, noise=noise)  # [n*B, D]
         target = x0 if prior.predict_x_start else noise
-        return (self.predict(x_t, t) - target).square().mean(dim=-1)
+        return (self.predict(x_t, t, prefix) - target).square().mean(dim=-1)
 
-    def predict(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def predict(self, x_t: Tensor, t: Tensor, prefix: PrefixCache | None = None) -> Tensor:
         """The network's unconditional prediction ``[N, D]`` for ``x_t [N, D]``, ``t [N]``.
 
         Unconditional: the text tokens are replaced by the learned nulls (probability exactly 1, so no random
-        mask is drawn); the noisy embedding is the denoiser's input and is never dropped. The constant null-token
-        prefix is computed once per purification (:mod:`prior_cache`) when the architecture allows it.
+        mask is drawn); the noisy embedding is the denoiser's input and is never dropped. ``prefix``: the constant
+        null-token prefix (:mod:`prior_cache`), computed once per purification; built here when not given.
         """
         net = self.prior.net
         if not supports_prefix_cache(net):
             return net(x_t, t, text_embed=torch.zeros_like(x_t), text_cond_drop_prob=1.0, image_cond_drop_prob=0.0)
-        cache = self._prefix if self._prefix is not None else build_prefix_cache(net)
-        return cached_forward(net, x_t, t, cache)
+        return cached_forward(net, x_t, t, prefix if prefix is not None else build_prefix_cache(net))
 
-    def loss_grad(self, z: Tensor, in_graph: bool, generator: torch.Generator | None) -> Tensor:
+    def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):
+        """The step gradient for one purification of ``z [B, D]``.
+
+        The (t, noise) of all T steps are drawn up front, in the order a step-by-step loop draws them (so the
+        values are the same), and kept with the prefix cache in this closure: a checkpointed step is recomputed
+        in the attack's backward pass, possibly after other purifications (EOT), and must see the same draw.
+        """
         gen = self.generator_or_fallback(generator, z.device)
-        t, noise = self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype)
-        keep = in_graph and z.requires_grad
-        # as_released: differentiate at a detached copy, so the direction is a constant for autograd (the official
-        # autograd.grad without create_graph); full: differentiate at z itself and keep the graph.
-        z_in = z if keep else z.detach().requires_grad_(True)
-        per_sample = self.denoising_loss(z_in, t, noise)  # [n*B]
-        (g,) = torch.autograd.grad(per_sample.mean(), z_in, create_graph=keep)  # mean: as released (F.mse_loss)
-        if self.settings.diagnostics:
-            self._step_losses.append(per_sample.detach().view(self.n_noise, -1).mean(0))  # [B]
-        return g
+        draws = [self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype) for _ in range(self.settings.num_steps)]
+        net = self.prior.net
+        prefix = build_prefix_cache(net) if supports_prefix_cache(net) else None  # shared by all T steps
+        losses: dict[int, Tensor] = {}  # step -> [B]; a recomputed step writes the same values again
+        self._step_losses = losses
+
+        def grad_fn(zz: Tensor, in_graph: bool, step: int) -> Tensor:
+            t, noise = draws[step]
+            keep = in_graph and zz.requires_grad
+            # as_released: differentiate at a detached copy, so the direction is a constant for autograd (the
+            # official autograd.grad without create_graph); full: differentiate at z itself and keep the graph.
+            z_in = zz if keep else zz.detach().requires_grad_(True)
+            per_sample = self.denoising_loss(z_in, t, noise, prefix)  # [n*B]
+            (g,) = torch.autograd.grad(per_sample.mean(), z_in, create_graph=keep)  # mean: as released (F.mse_loss)
+            if self.settings.diagnostics:
+                losses[step] = per_sample.detach().view(self.n_noise, -1).mean(0)  # [B]
+            return g
+
+        return grad_fn
 
     def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``z [B, D]`` -> ``[B, D]``; diagnostics add ``denoise_loss [T, B]``: the loss that drove each step."""
-        self._step_losses: list[Tensor] = []
-        net = self.prior.net
-        self._prefix = build_prefix_cache(net) if supports_prefix_cache(net) else None  # shared by all T steps
-        try:
-            out = super().forward(z, generator=generator)
-        finally:
-            self._prefix = None  # never reuse it after the weights may have changed
+        out = super().forward(z, generator=generator)
         if self._step_losses:
-            self.last_diagnostics["denoise_loss"] = torch.stack(self._step_losses).float().cpu()
+            steps = sorted(self._step_losses)
+            self.last_diagnostics["denoise_loss"] = torch.stack([self._step_losses[k] for k in steps]).float().cpu()
         return out
 
     def describe(self) -> dict[str, Any]:

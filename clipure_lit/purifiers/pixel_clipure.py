@@ -9,7 +9,8 @@ The ablation "purify in CLIP's latent space vs in pixel space". With f the class
     x = clamp(x0 + clamp(x + eta * m - x0, -eps, eps), 0, 1)
 
 for T steps from x0 = x (no eps: only the [0, 1] box). The step controls are the latent loop's
-(``AscentSettings``: num_steps, step_size, momentum, norm_scope, grad_mode, batch_size, diagnostics).
+(``AscentSettings``: num_steps, step_size, momentum, norm_scope, grad_mode, batch_size, diagnostics,
+gradient_checkpointing: in ``full`` mode each step is recomputed in the backward pass, memory flat in T).
 
 Gradient modes: ``full`` keeps g in the graph (``create_graph=True``, the exact white-box gradient, a
 second-order backward through the encoder); ``as_released`` detaches g as the official code does. Unlike on the
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.errors import ConfigError
@@ -103,15 +105,24 @@ class ClipurePixel(Purifier):
         in_graph = s.grad_mode == GradMode.full
         records: list[dict[str, Tensor]] = []
         x0 = x
+
+        def step(x: Tensor, m: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            g, cos = self.objective_grad(x, in_graph)
+            direction = normalise_direction(g.flatten(1), s.norm_scope).view_as(g)  # [B, 3, H, W]
+            m = s.momentum * m - (1.0 - s.momentum) * direction
+            return self.project(x + s.step_size * m, x0), m, cos
+
         with torch.enable_grad():  # AutoAttack's clean pass and Lightning's test loop may run under no_grad
             m = torch.zeros_like(x)  # [B, 3, H, W] momentum
             for _ in range(s.num_steps):
-                g, cos = self.objective_grad(x, in_graph)
+                before = x
+                if s.checkpoints_steps and x.requires_grad:
+                    # Deterministic step: the recomputation in the backward pass gives the same graph.
+                    x, m, cos = checkpoint(step, x, m, x0, use_reentrant=False)
+                else:
+                    x, m, cos = step(x, m, x0)
                 if s.diagnostics:
-                    records.append({"cos_to_anchor": cos, "linf_moved": (x - x0).detach().flatten(1).abs().amax(1)})
-                direction = normalise_direction(g.flatten(1), s.norm_scope).view_as(g)  # [B, 3, H, W]
-                m = s.momentum * m - (1.0 - s.momentum) * direction
-                x = self.project(x + s.step_size * m, x0)
+                    records.append({"cos_to_anchor": cos, "linf_moved": (before - x0).detach().flatten(1).abs().amax(1)})
             if s.diagnostics:
                 with torch.no_grad():
                     cos = self.encoder.encode_image(x.detach()) @ self.anchor
@@ -123,7 +134,7 @@ class ClipurePixel(Purifier):
         s = self.settings
         return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
                 "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
-                "eps_255": None if self.eps is None else round(self.eps * 255.0, 6)}
+                "gradient_checkpointing": s.gradient_checkpointing, "eps_255": None if self.eps is None else round(self.eps * 255.0, 6)}
 
 
 @register_purifier("clipure_pixel", Space.pixel, "CLIPure-Cos objective ascended in pixel space")
