@@ -14,13 +14,14 @@ which gives attacks the exact white-box gradient of the whole loop.
 
 Memory: in ``full`` mode each step keeps the graph of its inner gradient (for CLIPure-Diff, the prior's activations)
 until the attack's backward pass, so memory grows linearly in T. With ``gradient_checkpointing`` each step runs
-under ``torch.utils.checkpoint``: only its inputs (z, m) are kept and the step is recomputed in the backward pass,
-so memory is flat in T for one more forward of each step. The gradient is the same because a step draws no
+through :func:`recompute.recompute_in_backward`: only its inputs (z, m) are kept and the step is recomputed in the
+backward pass, so memory is flat in T for one more forward of each step. The gradient is the same because a step draws no
 randomness of its own: ``grad_fn`` receives the step index, and stochastic losses pre-draw per step.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+
+from clipure_lit.purifiers.recompute import recompute_in_backward
 
 from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.purifiers.base import Purifier, Space
@@ -86,11 +88,11 @@ def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) ->
     in_graph = settings.grad_mode == GradMode.full
     gamma, eta = settings.momentum, settings.step_size
 
-    def step(z: Tensor, m: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def step(k: int, keep_graph: bool, z: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
         r = z.norm(dim=-1, keepdim=True)  # [B, 1]
         u = z / r  # [B, D]
-        g_u = r * grad_fn(z, in_graph, k)  # [B, D]
+        g_u = r * grad_fn(z, keep_graph, k)  # [B, D]
         m = gamma * m - (1.0 - gamma) * normalise_direction(g_u, settings.norm_scope)
         return r * F.normalize(u + eta * m, dim=-1), m
 
@@ -99,9 +101,9 @@ def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) ->
     m = torch.zeros_like(z)  # [B, D] momentum
     for k in range(settings.num_steps):
         if settings.checkpoints_steps and z.requires_grad:
-            z, m = checkpoint(step, z, m, k, use_reentrant=False)
+            z, m = recompute_in_backward(functools.partial(step, k), z, m)
         else:
-            z, m = step(z, m, k)
+            z, m = step(k, in_graph, z, m)
         if records:
             records.append(diag_fn(z, z0))
     return z, records

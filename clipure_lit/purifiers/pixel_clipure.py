@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.checkpoint import checkpoint
 
 from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.ascent import AscentSettings, normalise_direction, stack_records
 from clipure_lit.purifiers.base import Purifier, Space
 from clipure_lit.purifiers.clipure_cos import blank_prompt_list, neg_cos_grad
+from clipure_lit.purifiers.recompute import recompute_in_backward
 from clipure_lit.purifiers.registry import register_purifier
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ class ClipurePixel(Purifier):
         records: list[dict[str, Tensor]] = []
         x0 = x
 
-        def step(x: Tensor, m: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            g, cos = self.objective_grad(x, in_graph)
+        def step(keep_graph: bool, x: Tensor, m: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            g, cos = self.objective_grad(x, keep_graph)
             direction = normalise_direction(g.flatten(1), s.norm_scope).view_as(g)  # [B, 3, H, W]
             m = s.momentum * m - (1.0 - s.momentum) * direction
             return self.project(x + s.step_size * m, x0), m, cos
@@ -118,9 +118,9 @@ class ClipurePixel(Purifier):
                 before = x
                 if s.checkpoints_steps and x.requires_grad:
                     # Deterministic step: the recomputation in the backward pass gives the same graph.
-                    x, m, cos = checkpoint(step, x, m, x0, use_reentrant=False)
+                    x, m, cos = recompute_in_backward(step, x, m, x0)
                 else:
-                    x, m, cos = step(x, m, x0)
+                    x, m, cos = step(in_graph, x, m, x0)
                 if s.diagnostics:
                     records.append({"cos_to_anchor": cos, "linf_moved": (before - x0).detach().flatten(1).abs().amax(1)})
             if s.diagnostics:
