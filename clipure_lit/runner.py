@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from clipure_lit.config.loader import to_plain, to_yaml
 from clipure_lit.results import write_json
+from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,14 @@ def check_purifier_files(cfg: DictConfig) -> None:
         locate_checkpoint(d.model, d.subfolder, d.cache_dir)
 
 
-def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu"):
-    """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible."""
+def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu", timer: PhaseTimer | None = None):
+    """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible.
+
+    ``timer`` (optional) receives the phases ``load_backbone``, ``build_text_head`` (class head and, for purifiers
+    with a blank anchor, its prompts) and ``build_purifiers``, and ``text_embeddings_cached`` / ``_computed``
+    counts are set on it as ``timer.text_cache``.
+    """
+    timer = timer or PhaseTimer()
     from clipure_lit.clip.backbone import load_backbone
     from clipure_lit.clip.prompts import get_classnames, get_templates
     from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
@@ -103,7 +110,8 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
     from clipure_lit.purifiers import BuildContext, build_purifier
 
     check_purifier_files(cfg)
-    backbone, tokenizer = load_backbone(cfg.clip, device=device)
+    with timer.phase("load_backbone"):
+        backbone, tokenizer = load_backbone(cfg.clip, device=device)
     if cfg.data.classnames is not None:
         named = get_classnames(cfg.data.classnames)
         if len(named) != len(classnames):
@@ -113,10 +121,13 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
                               f"'{cfg.data.name}' has {len(classnames)}. Fix: choose a matching class-name set or null.")
         classnames = named
     cache = TextEmbeddingCache(cfg.prompts.cache_dir)
-    head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale)
+    with timer.phase("build_text_head"):
+        head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale)
     ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
-    pixel = build_purifier(cfg.purifier.pixel, "pixel", ctx)
-    latent = build_purifier(cfg.purifier.latent, "latent", ctx)
+    with timer.phase("build_purifiers"):  # includes a blank anchor's text embeddings (cached like the head's)
+        pixel = build_purifier(cfg.purifier.pixel, "pixel", ctx)
+        latent = build_purifier(cfg.purifier.latent, "latent", ctx)
+    timer.text_cache = {"cached": cache.hits, "computed": cache.misses}
     return PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed)
 
 
@@ -147,24 +158,31 @@ def run_eval(cfg: DictConfig) -> dict:
     run_dir = make_run_dir(cfg)
     from clipure_lit.callbacks.build import eval_callbacks
 
+    timer = PhaseTimer()
     # Attacks and resumption are checked before anything is written to the run folder.
     callbacks = eval_callbacks(cfg, run_dir)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    datamodule = ZeroShotDataModule(cfg.data)
-    datamodule.setup("test")  # fails now, with the path, if the data is missing
+    with timer.phase("setup_data"):
+        datamodule = ZeroShotDataModule(cfg.data)
+        datamodule.setup("test")  # fails now, with the path, if the data is missing
     env = {**environment_info(), "sample_ids_sha256": datamodule.ids_hash(), "num_samples": len(datamodule.sample_ids),
            "checkpoints": checkpoint_hashes(cfg)}
     write_json(run_dir / "environment.json", env)
 
-    classifier = build_classifier(cfg, datamodule.classnames)
+    classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
     module = ZeroShotLitModule(classifier)
     writer = ResultsWriter(run_dir, extra={"environment": env,
                                                                   "purifiers": [p.describe() for p in classifier.purifiers]})
     logger = build_logger(cfg, run_dir, to_plain(cfg))
     trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
     try:
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with timer.phase("test_loop"):
+            trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
+        if trainer.is_global_zero:  # also after a failure: where the time went up to that point
+            write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "text_embeddings": getattr(timer, "text_cache", {}),
+                                                  "note": "wall clock in the launching process; per-sample times of the "
+                                                          "test loop's parts are in results.json (time_per_sample_s)"})
         if logger and type(logger).__name__ == "WandbLogger":
             import wandb
 

@@ -67,6 +67,10 @@ def test_text_cache_is_reused_and_keyed_by_content(tmp_path):
         backbone.model.token_embedding.weight.add_(0.1)  # different text weights must not hit the old entry
     build_head(backbone, tokenizer, ["a", "b"], ["{c}."], cache)
     assert len(list(tmp_path.glob("*.pt"))) == 3
+    assert (cache.hits, cache.misses) == (1, 3)
+    backbone.model.load_state_dict(backbone.model.state_dict())  # copies in place: the fingerprint is re-read ...
+    build_head(backbone, tokenizer, ["a", "b"], ["{c}."], cache)
+    assert (cache.hits, cache.misses) == (2, 3)  # ... and, the weights being equal, still hits
 
 
 def test_blank_anchor_is_mean_of_unit_prompt_embeddings(tmp_path):

@@ -40,10 +40,20 @@ def class_embeddings(backbone, tokenizer, classnames: list[str], templates: list
 
 def text_tower_fingerprint(backbone) -> str:
     """A cheap fingerprint of the weights that produce text embeddings (sums of every non-visual parameter),
-    so cached embeddings of randomly initialised or fine-tuned models are never confused."""
-    sums = [torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
-            for name, p in backbone.model.named_parameters() if not name.startswith("visual.")]
+    so cached embeddings of randomly initialised or fine-tuned models are never confused.
+
+    Memoised on the backbone until a text parameter is replaced or changed in place (autograd's per-tensor version
+    counter, which optimisers and ``load_state_dict`` bump): summing ViT-B-32's text tower in float64 costs about
+    as much as reading the cached embeddings.
+    """
+    params = [(name, p) for name, p in backbone.model.named_parameters() if not name.startswith("visual.")]
+    state = tuple((id(p), p._version) for _, p in params)
+    memo = getattr(backbone, "_text_fingerprint_memo", None)
+    if memo is not None and memo[0] == state:
+        return memo[1]
+    sums = [torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()]) for _, p in params]
     digest = hashlib.sha256(torch.cat(sums).numpy().tobytes()).hexdigest() if sums else "none"
+    backbone._text_fingerprint_memo = (state, digest[:16])
     return digest[:16]
 
 
@@ -52,6 +62,8 @@ class TextEmbeddingCache:
 
     def __init__(self, cache_dir: str | Path | None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.hits = 0  # tensors read from the cache
+        self.misses = 0  # tensors computed (and stored when there is a cache_dir)
 
     def key(self, backbone, kind: str, prompts_spec: dict) -> str:
         payload = json.dumps({"model": backbone.name, "fp": text_tower_fingerprint(backbone), "dtype": str(backbone.input_dtype),
@@ -62,9 +74,12 @@ class TextEmbeddingCache:
         path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
         if path is not None and path.is_file():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                value = torch.load(path, map_location="cpu", weights_only=True)
+                self.hits += 1
+                return value
             except Exception as exc:  # a truncated file from a killed run: recompute
                 log.warning("Ignoring unreadable text-embedding cache %s (%s)", path, exc)
+        self.misses += 1
         value = compute().cpu()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
