@@ -115,16 +115,32 @@ def test_released_mode_matches_literal_rule_output_and_gradient(anchor, batch, k
     torch.testing.assert_close(ga, gb, rtol=1e-7, atol=1e-9)
 
 
-def test_full_mode_gradient_matches_create_graph_rule(anchor):
-    z0 = F.normalize(torch.randn(2, D, dtype=torch.float64), dim=-1)
-    w = torch.randn(2, D, dtype=torch.float64)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kw", [{"step_size": 2.0}, {"step_size": 30.0, "momentum": 0.5},
+                                {"step_size": 0.5, "norm_scope": NormScope.sample, "num_steps": 4}])
+def test_full_mode_gradient_matches_create_graph_rule(anchor, batch, kw):
+    """The closed-form backward (cos_vjp) against autograd through the literal rule with create_graph."""
+    z0 = F.normalize(torch.randn(batch, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3)), dim=-1)
+    z0[0] *= 1.7  # r != 1 for one row
+    w = torch.randn(batch, D, dtype=torch.float64)
     za, zb = z0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
-    p = purifier(anchor, grad_mode=GradMode.full, step_size=2.0).double()
+    p = purifier(anchor, grad_mode=GradMode.full, **kw).double()
     ours = p(za)
-    ref = released_rule(zb, p.anchor, step=2.0, create_graph=True)
+    assert type(ours.grad_fn).__name__ == "_CosAscentBackward"  # the closed form ran, not autograd through the loop
+    ref = released_rule(zb, p.anchor, n_iter=kw.get("num_steps", 10), step=kw["step_size"], gamma=kw.get("momentum", 0.0),
+                        per_sample=kw.get("norm_scope") == NormScope.sample, create_graph=True)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(torch.autograd.grad((ours * w).sum(), za)[0], torch.autograd.grad((ref * w).sum(), zb)[0],
                                rtol=1e-7, atol=1e-9)
+
+
+def test_closed_form_forward_is_bit_identical_to_the_loop(anchor):
+    z = F.normalize(torch.randn(4, D, generator=torch.Generator().manual_seed(4)), dim=-1)
+    full = purifier(anchor, grad_mode=GradMode.full)
+    with torch.no_grad():
+        loop = full(z)  # no gradient wanted: the ordinary loop
+    closed = full(z.clone().requires_grad_(True))
+    assert torch.equal(closed.detach(), loop)
 
 
 def test_released_setting_is_period_two_at_batch_one(anchor):

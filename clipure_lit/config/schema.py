@@ -301,7 +301,8 @@ class PurifierCfg:
     # Record per-step cos(z, anchor), cos(z, z0) (and the Diff loss) in the purifier's ``last_diagnostics``.
     diagnostics: bool = False
     # grad_mode=full (or an attack's @full / @eot): recompute each ascent step in the backward pass instead of
-    # keeping its graph. Same gradient; memory flat in num_steps (matters for CLIPure-Diff's prior activations).
+    # keeping its graph. Same gradient; memory flat in num_steps (CLIPure-Diff's prior activations). CLIPure-Cos
+    # ignores it: its steps keep only a few [B, D] tensors.
     gradient_checkpointing: bool = True
     # Seed of the purifier's own torch.Generator (stochastic purifiers never use the global RNG).
     seed: int = 0

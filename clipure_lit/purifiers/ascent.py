@@ -76,14 +76,17 @@ def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
     return g_u / g_u.norm(dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
 
 
-def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) -> tuple[Tensor, list[dict[str, Tensor]]]:
+def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None,
+                  recompute: bool = True) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Run the loop from ``z`` ``[B, D]``.
 
     ``grad_fn(z, in_graph, step)`` returns ``d loss / d z`` ``[B, D]`` at step ``step`` (0-based; the loss is
     *minimised*, so the step goes along ``-g``); with ``in_graph=False`` the result must be detached. It must be a
     function of its arguments (a checkpointed step calls it again in the backward pass). ``diag_fn(z, z0)``, if
     given and ``settings.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and
-    after every step. Returns the purified ``[B, D]`` tensor and the diagnostics (a list of dicts, one per record).
+    after every step. ``recompute=False`` ignores ``settings.gradient_checkpointing`` (for losses whose step graph
+    is no larger than the step's inputs). Returns the purified ``[B, D]`` tensor and the diagnostics (a list of
+    dicts, one per record).
     """
     in_graph = settings.grad_mode == GradMode.full
     gamma, eta = settings.momentum, settings.step_size
@@ -100,7 +103,7 @@ def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None) ->
     records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []
     m = torch.zeros_like(z)  # [B, D] momentum
     for k in range(settings.num_steps):
-        if settings.checkpoints_steps and z.requires_grad:
+        if recompute and settings.checkpoints_steps and z.requires_grad:
             z, m = recompute_in_backward(functools.partial(step, k), z, m)
         else:
             z, m = step(k, in_graph, z, m)
@@ -125,6 +128,9 @@ class AscentPurifier(Purifier):
 
     space = Space.latent
     needs_grad = True
+    # Whether full-gradient steps are worth recomputing (``gradient_checkpointing``): False when a step's graph
+    # keeps no more than a few [B, D] tensors, as CLIPure-Cos's closed form does.
+    recompute_steps = True
 
     def __init__(self, settings: AscentSettings) -> None:
         super().__init__()
@@ -157,7 +163,8 @@ class AscentPurifier(Purifier):
         self._check_batch_size(z.shape[0])
         # enable_grad: AutoAttack's clean pass and Lightning's test loop may run under no_grad.
         with torch.enable_grad():
-            out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.settings, self.step_diagnostics)
+            out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.settings, self.step_diagnostics,
+                                         recompute=self.recompute_steps)
         self.last_diagnostics = stack_records(records)
         return out
 

@@ -7,7 +7,8 @@ Its gradient has the closed form
 
 which is what ``autograd.grad`` of ``F.cosine_similarity`` returns, at a fraction of the cost. It is detached in
 ``grad_mode=as_released`` (the official code's ``autograd.grad`` without ``create_graph``) and kept in the graph
-in ``grad_mode=full``. The ascent loop itself is :func:`clipure_lit.purifiers.ascent.sphere_ascent`.
+in ``grad_mode=full``. The ascent loop itself is :func:`clipure_lit.purifiers.ascent.sphere_ascent`; when an
+attack differentiates it in ``full`` mode, :mod:`cos_vjp` supplies the loop's backward in closed form.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clipure_lit.config.schema import GradMode
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.ascent import AscentPurifier, AscentSettings
+from clipure_lit.purifiers.cos_vjp import cos_ascent_closed_form
 from clipure_lit.purifiers.base import Space
 from clipure_lit.purifiers.registry import register_purifier
 
@@ -33,6 +36,7 @@ class ClipureCos(AscentPurifier):
     """Normalised-gradient ascent of ``cos(z, t_blank)`` on the sphere (see module docstring)."""
 
     stochastic = False
+    recompute_steps = False  # a step's graph is a few [B, D] tensors: recomputing it would save nothing
 
     def __init__(self, anchor: Tensor, settings: AscentSettings) -> None:
         super().__init__(settings)
@@ -52,6 +56,17 @@ class ClipureCos(AscentPurifier):
                 return neg_cos_grad(zz.detach(), self.anchor)
 
         return grad_fn
+
+    def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """``z [B, D]`` -> purified ``[B, D]``. When a ``full`` gradient is wanted, the loop's backward is the closed
+        form of :mod:`cos_vjp` (same values and gradient as autograd through the loop, at a fraction of the cost)."""
+        s = self.settings
+        if (s.grad_mode == GradMode.full and s.num_steps > 0 and not s.diagnostics and torch.is_grad_enabled()
+                and z.requires_grad):
+            self._check_batch_size(z.shape[0])
+            self.last_diagnostics = {}
+            return cos_ascent_closed_form(z, self.anchor, s)
+        return super().forward(z, generator=generator)
 
     def step_diagnostics(self, z: Tensor, z0: Tensor) -> dict[str, Tensor]:
         zd = z.detach()
