@@ -31,6 +31,11 @@ def test_eval_main_reports_clean_accuracy_and_writes_the_run_folder(tmp_path, ca
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["torch"] and len(env["sample_ids_sha256"]) == 64
     assert "clean" in capsys.readouterr().out
+    # Where the time went: phases of the launching process, and the test loop's parts per sample.
+    timings = json.loads((run / "timings.json").read_text())
+    assert {"setup_data", "load_backbone", "build_text_head", "build_purifiers", "test_loop"} <= set(timings["phases_s"])
+    assert sum(timings["text_embeddings"].values()) == 1  # the class head, read from the cache or computed
+    assert metrics["time_per_sample_s"]["data_loading"] > 0 and metrics["time_per_sample_s"]["clean"] > 0
 
 
 @needs_shared_cifar

@@ -176,5 +176,6 @@ class ZeroShotLitModule(pl.LightningModule):
         for flag, value in merged["checks"].items():
             if isinstance(value, (int, float)) and value == value:  # finite numbers only (NaN != NaN)
                 metrics[f"test/checks/{flag}"] = float(value)
-        # Values are already global (gathered and de-duplicated): no sync_dist reduction.
-        self.log_dict(metrics, rank_zero_only=False, sync_dist=False)
+        # Values are already global (gathered and de-duplicated), so every rank holds the same numbers: a max over
+        # ranks returns them exactly, and declaring the sync keeps Lightning from warning once per metric.
+        self.log_dict(metrics, rank_zero_only=False, sync_dist=True, reduce_fx="max")
