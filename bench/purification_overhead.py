@@ -1,188 +1,266 @@
-"""Cost of CLIPure purification relative to one plain CLIP image forward (a measurement script, not a test).
+"""Cost of every purifier relative to one plain CLIP forward, and of one attack step through CLIPure (not a test).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/purification_overhead.py [--batch 32] [--reps 5] [--threads 2]
+    .venv/bin/python bench/purification_overhead.py [--profile quick|full] [--models ViT-B-32,small]
 
-For each model (ViT-B-32 with random weights, and the tiny test CLIP), in one process, on the same inputs:
+Models: ``ViT-B-32`` (open_clip architecture, random weights: timing only, 224x224 inputs) and ``small`` (the
+CIFAR-10 CLIP that ships in ``checkpoints/``, 32x32 inputs, with its shipped diffusion prior). Every defended
+classifier is built from the same configs ``eval.py`` uses (``conf/purifier/*.yaml``), around one shared backbone
+and head. Per model and batch, in one process, interleaved (``bench/harness.py``):
 
-* ``fwd``: clean evaluation, under ``no_grad`` (as in the test loop): plain CLIP vs CLIP + purifier;
-* ``attack``: one attack step, logits + CE + gradient w.r.t. the pixels: plain vs purified (released / full).
+* ``fwd/<purifier>``: the clean evaluation forward, logits under ``no_grad`` as in the test loop;
+* ``latent/<purifier>``: the latent purifier alone on precomputed embeddings. ``1 + latent / fwd/plain`` is the
+  purified forward's cost without the image encoder's run-to-run noise, which on a shared CPU exceeds the cost of a
+  cheap purifier (the headline for CLIPure-Cos);
+* ``attack/<case>``: one attack step, logits + cross-entropy + gradient w.r.t. the pixels, as a ratio to the same
+  step on plain CLIP (``@full`` = exact gradient through every step, with step checkpointing).
 
-Cases are timed round-robin (so machine-load drift hits them alike), the median of ``--reps`` repetitions after
-one warm-up is reported as a ratio to the plain forward of the same model and batch. ``latent/*`` cases time the
-purifier alone on precomputed embeddings; ``1 + latent/fwd`` is then the purified forward's cost in units of the
-plain forward without the encoder's run-to-run noise (which, on a shared CPU, exceeds a cheap purifier's cost). Diff priors: a tiny one and one with the
-released architecture (depth 24, 32 heads of 64, 256 null text tokens) at the model's embedding dim. The released
-size is also timed without the constant-prefix cache (``prior_cache.py``), at ``--uncached-batch`` (released
-evaluation batch: 2), once, with its own plain baseline: it takes minutes per purification on a CPU.
-Writes ``bench/results/purification_overhead.json`` and prints a table.
+CLIPure-Diff at ViT-B-32 uses a prior of the released architecture (depth 24, 32 heads of 64, 256 null text tokens)
+at dim 512 with random weights; in the quick profile only the purifier alone is timed there (its end-to-end forward
+and attack step cost ~6x and ~12x a plain forward each repetition). DiffPure runs only at 32x32 (its UNets are CIFAR-10's): ``small`` times the
+``google/ddpm-cifar10-32`` architecture (random weights) at two chain lengths and extrapolates linearly to the
+default chain (100 reverse steps, marked ``extrapolated``). DiffPure, and pixel CLIPure at ViT-B-32 (~10 forward +
+backward passes per call), are timed once, without warm-up, after the other cases, against a plain forward timed in
+the same loop (the ``slow`` group).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import random
-import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # small ops crawl when OpenMP threads spin on shared cores
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from clipure_lit.clip.backbone import load_backbone  # noqa: E402
-from clipure_lit.config.schema import ClipCfg, DiffPriorCfg, GradMode  # noqa: E402
-from clipure_lit.purifiers.ascent import AscentSettings  # noqa: E402
-from clipure_lit.purifiers.clipure_cos import ClipureCos  # noqa: E402
-from clipure_lit.purifiers.clipure_diff import ClipureDiff  # noqa: E402
-from clipure_lit.purifiers.prior import build_prior  # noqa: E402
+from bench.harness import REPO, Headline, log, median, time_round_robin, write_result  # noqa: E402
 
-MODELS = {
-    "ViT-B-32": dict(clip=ClipCfg(arch="ViT-B-32", pretrained=None), size=224),
-    "tiny": dict(clip=ClipCfg(arch="Tiny-ViT-32px", pretrained=None, model_config=str(REPO / "conf/model_configs/Tiny-ViT-32px.json")),
-                 size=32),
+PROFILES = {
+    # quick: what `make bench` runs (the whole suite in under 10 minutes on 2 cores); full: the issue's sizes.
+    "quick": dict(batch={"ViT-B-32": 8, "small": 32}, reps=3, diffpure_steps=(1, 2), vitb32_diff_e2e=False),
+    "full": dict(batch={"ViT-B-32": 32, "small": 64}, reps=7, diffpure_steps=(1, 10), vitb32_diff_e2e=True),
 }
-TINY_PRIOR = dict(depth=1, heads=2, dim_head=16, max_text_len=1)
-RELEASED_PRIOR = dict(depth=24, heads=32, dim_head=64, max_text_len=256)  # DiffPriorCfg defaults, at the model's dim
+MODEL_ARGS = {
+    "ViT-B-32": ["clip.arch=ViT-B-32", "clip.pretrained=null", "clip.model_config=null", "data.image_size=224"],
+    "small": ["clip=cifar10_small"],
+}
+SIZE = {"ViT-B-32": 224, "small": 32}
+# A blank anchor from one prompt keeps the random ViT-B-32's text work small; purification cost does not depend on it.
+COMMON = ["prompts=cifar10", "prompts.blank_prompt=a photo of a ."]
+DDPM_CIFAR10_ARCH = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2, downsample_padding=0,
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                         flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, attention_head_dim=None)
 
 
-class UncachedDiff(ClipureDiff):
-    """CLIPure-Diff through ``net.forward`` on all 260 tokens (no constant-prefix cache), for comparison."""
+def purifier_args(model: str, unet_dir: Path) -> dict[str, list[str]]:
+    """Defence name -> config overrides, as a user would pass them to eval.py."""
+    diff = (["purifier=clipure_diff", "purifier.diff.prior.dim=512", "purifier.diff.prior.checkpoint=null"]
+            if model == "ViT-B-32" else ["purifier=clipure_diff_cifar10_small"])
+    diff.append("purifier.batch_size=null")  # timing at another batch size than the released 2 is intended here
+    out = {"cos": ["purifier=clipure_cos", "purifier.batch_size=null"], "diff": diff, "jpeg": ["purifier=jpeg"], "bit_depth": ["purifier=bit_depth"],
+           "gaussian_noise": ["purifier=gaussian_noise"], "clipure_pixel": ["purifier=clipure_pixel"]}
+    if model == "small":
+        for k in PROFILE["diffpure_steps"]:
+            out[f"diffpure_K{k}"] = ["purifier=diffpure", f"purifier.diffpure.model={unet_dir}",
+                                     f"purifier.diffpure.num_steps={k}", "purifier.diffpure.t_star=0.1"]
+    return out
 
-    def predict(self, x_t, t):
-        return self.prior.net(x_t, t, text_embed=torch.zeros_like(x_t), text_cond_drop_prob=1.0, image_cond_drop_prob=0.0)
+
+def save_random_ddpm_unet(folder: Path) -> None:
+    """A diffusers folder with the google/ddpm-cifar10-32 UNet architecture and random weights (no download)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        UNet2DModel(**DDPM_CIFAR10_ARCH).save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
 
 
-def make_cases(backbone, dim, x, y, head, priors, diff_modes, with_cos=True, diff_cls=ClipureDiff):
-    """name -> zero-argument callable, for one model and batch."""
-    g = torch.Generator().manual_seed(0)
-    anchor = F.normalize(torch.randn(dim, generator=g), dim=0)
-    latents = {"plain": lambda z: z}
-    if with_cos:
-        latents.update({"cos_as_released": ClipureCos(anchor, AscentSettings()),
-                        "cos_full": ClipureCos(anchor, AscentSettings(grad_mode=GradMode.full))})
-    for name, prior in priors.items():
-        for mode in diff_modes:
-            diff = diff_cls(prior, AscentSettings(grad_mode=mode))
-            latents[f"diff_{name}_{mode.value}"] = (lambda d: lambda z: d(z, generator=torch.Generator().manual_seed(0)))(diff)
+def build_defences(model: str, unet_dir: Path):
+    """``(plain classifier, {name: defended classifier})`` sharing one backbone and head."""
+    from clipure_lit.clip.backbone import load_backbone
+    from clipure_lit.clip.prompts import get_templates
+    from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
+    from clipure_lit.config.loader import load_config
+    from clipure_lit.data.datamodule import ZeroShotDataModule
+    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
+    from clipure_lit.purifiers import BuildContext, build_purifier
+
+    base = load_config([*MODEL_ARGS[model], *COMMON])
+    backbone, tokenizer = load_backbone(base.clip)
+    datamodule = ZeroShotDataModule(base.data)  # the shipped CIFAR-10 sample: only its class names are used
+    datamodule.setup("test")
+    classnames = datamodule.classnames
+    cache = TextEmbeddingCache(base.prompts.cache_dir)
+    head = build_head(backbone, tokenizer, classnames, get_templates(base.prompts.class_templates), cache, base.clip.logit_scale)
+    plain = PurifiedZeroShotClassifier(backbone, head).eval()
+    defended = {}
+    for name, args in purifier_args(model, unet_dir).items():
+        cfg = load_config([*MODEL_ARGS[model], *COMMON, *args])
+        ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
+        pixel, latent = build_purifier(cfg.purifier.pixel, "pixel", ctx), build_purifier(cfg.purifier.latent, "latent", ctx)
+        defended[name] = PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed).eval()
+    return plain, defended
+
+
+def make_cases(model: str, plain, defended, batch: int):
+    from clipure_lit.attacks.gradient_modes import make_view
+    from clipure_lit.config.schema import AttackGradMode, AttackPrecision
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, 3, SIZE[model], SIZE[model], generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
     with torch.no_grad():
-        z = backbone.encode_image(x)  # [B, D], for the purifier-only cases
+        z = plain.backbone.encode_image(x)  # [B, D]
 
-    def fwd(latent):
+    def fwd(clf):
         def run():
             with torch.no_grad():
-                return head(latent(backbone.encode_image(x)))
-        return run
-
-    def attack(latent):
-        def run():
-            xx = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(head(latent(backbone.encode_image(xx))), y)
-            return torch.autograd.grad(loss, xx)[0]
+                return clf(x)
         return run
 
     def alone(latent):
         def run():
             with torch.no_grad():
-                return latent(z)
+                return latent(z, generator=torch.Generator().manual_seed(0))
         return run
 
-    cases = {}
-    for name, latent in latents.items():
-        if name == "plain" or not name.endswith("_full"):  # in no_grad, full == as_released: time it once
-            cases[f"fwd/{name.replace('_as_released', '')}"] = fwd(latent)
-            if name != "plain":
-                cases[f"latent/{name.replace('_as_released', '')}"] = alone(latent)
-        cases[f"attack/{name}"] = attack(latent)
-    return cases
+    def attack(clf):
+        def run():
+            xx = x.clone().requires_grad_(True)
+            return torch.autograd.grad(F.cross_entropy(clf(xx), y), xx)[0]
+        return run
+
+    fast = {"fwd/plain": fwd(plain), "attack/plain": attack(plain)}
+    slow = {}
+    for name, clf in defended.items():
+        expensive = name.startswith("diffpure") or (model == "ViT-B-32" and name == "clipure_pixel")
+        if not (model == "ViT-B-32" and name == "diff" and not PROFILE["vitb32_diff_e2e"]):  # see latent/diff
+            (slow if expensive else fast)[f"fwd/{name}"] = fwd(clf)
+        if clf.latent is not None and name in ("cos", "diff"):
+            fast[f"latent/{name}"] = alone(clf.latent)
+    views = {"cos@as_released": ("cos", AttackGradMode.purifier), "cos@full": ("cos", AttackGradMode.full)}
+    if model == "small" or PROFILE["vitb32_diff_e2e"]:
+        views["diff@full"] = ("diff", AttackGradMode.full)
+    for case, (name, mode) in views.items():
+        fast[f"attack/{case}"] = attack(make_view(defended[name], mode, AttackPrecision.fp32))
+    return fast, slow
 
 
-def time_cases(cases, reps, warmup=True):
-    for fn in cases.values() if warmup else ():
-        fn()
-    times = {name: [] for name in cases}
-    order, shuffle = list(cases), random.Random(0).shuffle
-    for _ in range(reps):
-        shuffle(order)  # no case always runs right after the same (e.g. a memory-hungry) one
-        for name in order:
-            fn = cases[name]
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def bench_model(model, batch, reps, prior_sizes, log, diff_modes=tuple(GradMode), warmup=True, **case_kw):
-    spec = MODELS[model]
-    backbone, _ = load_backbone(OmegaConf.structured(spec["clip"]))
-    dim = backbone.embed_dim
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, 3, spec["size"], spec["size"], generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    classes = F.normalize(torch.randn(dim, 10, generator=g), dim=0)
-    priors = {name: build_prior(OmegaConf.structured(DiffPriorCfg(dim=dim, **kw))) for name, kw in prior_sizes.items()}
-    log(f"{model}: batch {batch}, dim {dim}, priors {list(priors)}, {reps} reps ...")
-    times = time_cases(make_cases(backbone, dim, x, y, lambda z: 100.0 * z @ classes, priors, diff_modes, **case_kw), reps,
-                       warmup)
-    plain_fwd, plain_attack = statistics.median(times["fwd/plain"]), statistics.median(times["attack/plain"])
+def bench_model(model: str, reps: int, unet_dir: Path) -> list[dict]:
+    batch = PROFILE["batch"][model]
+    plain, defended = build_defences(model, unet_dir)
+    fast, slow = make_cases(model, plain, defended, batch)
+    log(f"purification {model}: batch {batch}, {len(fast)} cases x {reps} reps ...")
+    times = time_round_robin(fast, reps)
+    if slow:
+        log(f"purification {model}: {list(slow)} once, with its own plain baseline ...")
+        extra = time_round_robin({"fwd/plain": fast["fwd/plain"], **slow}, reps=1, warmup=False)
+        times.update({f"{k}": v for k, v in extra.items() if k != "fwd/plain"})
+        times["fwd/plain (slow group)"] = extra["fwd/plain"]
+    plain_fwd, plain_attack = median(times["fwd/plain"]), median(times["attack/plain"])
     rows = []
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append({"model": model, "batch": batch, "case": name, "median_s": med, "times_s": ts,
-                     "ratio_to_plain_fwd": med / plain_fwd, "reps": len(ts),
-                     "ratio_to_plain_attack": med / plain_attack if name.startswith("attack/") else None,
-                     # for latent/* cases: the purified forward's cost if the encoder cost exactly what plain did
-                     "overhead_ratio": 1.0 + med / plain_fwd if name.startswith("latent/") else None})
+    for case, ts in times.items():
+        base = median(times["fwd/plain (slow group)"]) if case in {f"fwd/{k}" for k in slow} else plain_fwd
+        rows.append({"model": model, "batch": batch, "case": case, "reps": len(ts), "median_s": median(ts), "times_s": ts,
+                     "ratio_to_plain_fwd": median(ts) / base,
+                     "ratio_to_plain_attack": median(ts) / plain_attack if case.startswith("attack/") else None,
+                     "defended_fwd_from_purifier_alone": 1.0 + median(ts) / plain_fwd if case.startswith("latent/") else None})
+    ks = PROFILE["diffpure_steps"]
+    if model == "small" and len(ks) == 2:
+        a, b = (median(times[f"fwd/diffpure_K{k}"]) for k in ks)
+        per_step = (b - a) / (ks[1] - ks[0])
+        est = a + (100 - ks[0]) * per_step
+        rows.append({"model": model, "batch": batch, "case": "fwd/diffpure_K100 (extrapolated)", "reps": 0, "median_s": est,
+                     "times_s": [], "ratio_to_plain_fwd": est / plain_fwd, "ratio_to_plain_attack": None,
+                     "defended_fwd_from_purifier_alone": None})
     return rows
 
 
-def main(argv=None):
+def headlines(rows: list[dict]) -> list[Headline]:
+    by = {(r["model"], r["case"]): r for r in rows}
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        batch = next(r["batch"] for r in rows if r["model"] == model)
+        cos_alone, cos_e2e = by.get((model, "latent/cos")), by.get((model, "fwd/cos"))
+        if cos_alone:
+            ratio = cos_alone["defended_fwd_from_purifier_alone"]
+            out.append(Headline("purification", f"CLIPure-Cos forward / plain CLIP forward, {model}, batch {batch}", ratio,
+                                goal=1.02 if model == "ViT-B-32" else None,
+                                why=f"1 + purifier alone / plain forward; end to end {cos_e2e['ratio_to_plain_fwd']:.3f}x "
+                                    "(encoder noise)"))
+        diff_alone = by.get((model, "latent/diff"))
+        if diff_alone and (model, "fwd/diff") not in by:
+            out.append(Headline("purification", f"CLIPure-Diff forward / plain forward, {model}",
+                                diff_alone["defended_fwd_from_purifier_alone"],
+                                why="1 + purifier alone / plain forward; released-size prior at dim 512, random weights"))
+        for name, label in (("diff", "CLIPure-Diff"), ("jpeg", "JPEG"), ("bit_depth", "bit depth"),
+                            ("gaussian_noise", "Gaussian noise"), ("clipure_pixel", "pixel CLIPure, 10 steps"),
+                            ("diffpure_K100 (extrapolated)", "DiffPure, 100 steps (extrapolated)")):
+            r = by.get((model, f"fwd/{name}"))
+            if r:
+                why = {"diff": "released-size prior at dim 512, random weights" if model == "ViT-B-32" else "shipped prior",
+                       "clipure_pixel": "10 encoder forward+backward passes per call; timed once" if model == "ViT-B-32"
+                       else "10 encoder forward+backward passes per call",
+                       "diffpure_K100 (extrapolated)": "ddpm-cifar10-32 architecture, random weights; linear in steps"}.get(name, "")
+                out.append(Headline("purification", f"{label} forward / plain forward, {model}", r["ratio_to_plain_fwd"], why=why))
+        for case, label, goal in (("attack/cos@full", "one attack gradient through CLIPure-Cos (full) / plain CLIP", 1.05),
+                                  ("attack/diff@full", "one attack gradient through CLIPure-Diff (full) / plain CLIP", None)):
+            r = by.get((model, case))
+            if r:
+                out.append(Headline("attack", f"{label}, {model}, batch {batch}", r["ratio_to_plain_attack"],
+                                    goal=goal if model == "ViT-B-32" else None,
+                                    why="exact second-order gradient through 10 steps, checkpointed" if "diff" in case else ""))
+    return out
+
+
+PROFILE = PROFILES["quick"]
+
+
+def run(profile: str = "quick", models: list[str] | None = None) -> dict:
+    global PROFILE
+    PROFILE = PROFILES[profile]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        unet_dir = Path(tmp) / "ddpm-cifar10-32-arch"
+        save_random_ddpm_unet(unet_dir)
+        for model in models or list(MODEL_ARGS):
+            rows += bench_model(model, PROFILE["reps"], unet_dir)
+    return {"profile": profile, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in PROFILE.items()},
+            "rows": rows, "headline": headlines(rows)}
+
+
+def print_table(payload: dict) -> None:
+    print(f"{'model':<9} {'batch':>5}  {'case':<36} {'median s':>9} {'/plain fwd':>10} {'/plain attack':>13} {'1+alone/fwd':>11}")
+    for r in payload["rows"]:
+        attack = f"{r['ratio_to_plain_attack']:.3f}" if r["ratio_to_plain_attack"] is not None else "-"
+        alone = f"{r['defended_fwd_from_purifier_alone']:.4f}" if r["defended_fwd_from_purifier_alone"] is not None else "-"
+        print(f"{r['model']:<9} {r['batch']:>5}  {r['case']:<36} {r['median_s']:>9.4f} {r['ratio_to_plain_fwd']:>10.3f} "
+              f"{attack:>13} {alone:>11}")
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    ap.add_argument("--models", default=",".join(MODEL_ARGS), help=f"comma-separated subset of {list(MODEL_ARGS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--models", default="ViT-B-32,tiny")
-    ap.add_argument("--released-prior", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time a prior of the released architecture (ViT-B-32 only)")
-    ap.add_argument("--uncached-batch", type=int, default=2, help="batch of the uncached released-size run (0: skip)")
-    ap.add_argument("--out", default=str(REPO / "bench/results/purification_overhead.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default: bench/results/purification_overhead.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    rows = []
-    models = args.models.split(",")
-    for model in models:
-        priors = {"tiny_prior": TINY_PRIOR}
-        if model == "ViT-B-32" and args.released_prior:
-            priors["released_size_prior"] = RELEASED_PRIOR
-        rows += bench_model(model, args.batch, args.reps, priors, log)
-    if args.uncached_batch and "ViT-B-32" in models:
-        # One repetition, no warm-up, no double backward: each call takes minutes.
-        rows += bench_model("ViT-B-32", args.uncached_batch, 1, {"released_size_prior_uncached": RELEASED_PRIOR}, log,
-                            diff_modes=(GradMode.as_released,), warmup=False, with_cos=False, diff_cls=UncachedDiff)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
-           "processor": platform.processor(), "cpu_count": os.cpu_count(), "args": {**vars(args), "out": os.path.relpath(args.out, REPO)}, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"{'model':<9} {'batch':>5}  {'case':<48} {'median s':>9} {'/plain fwd':>10} {'/plain attack':>13} "
-          f"{'1+latent/fwd':>12}")
-    for r in rows:
-        attack = f"{r['ratio_to_plain_attack']:.3f}" if r["ratio_to_plain_attack"] is not None else "-"
-        overhead = f"{r['overhead_ratio']:.4f}" if r["overhead_ratio"] is not None else "-"
-        print(f"{r['model']:<9} {r['batch']:>5}  {r['case']:<48} {r['median_s']:>9.4f} {r['ratio_to_plain_fwd']:>10.3f} "
-              f"{attack:>13} {overhead:>12}")
-    print(f"written: {args.out}")
+    unknown = set(args.models.split(",")) - set(MODEL_ARGS)
+    if unknown:
+        ap.error(f"--models: unknown {sorted(unknown)}; valid: {list(MODEL_ARGS)}")
+    payload = run(args.profile, args.models.split(","))
+    path = write_result("purification_overhead", payload, args.out)
+    print_table(payload)
+    print(f"written: {os.path.relpath(path, REPO)}")
 
 
 if __name__ == "__main__":
