@@ -2,8 +2,9 @@
 headline rows of the suite table.
 
 Timing contract: all cases of one comparison run in the same process, interleaved (each repetition runs every case
-once, in a freshly shuffled order, so drifts in machine load hit them alike), after one untimed warm-up call; a
-figure is the median over the repetitions, and is reported as a ratio to a baseline measured in the same loop.
+once, in a freshly shuffled order, so drifts in machine load hit them alike; a cheap case runs as a short block of
+back-to-back calls), after one untimed warm-up call; a figure is the median over the repetitions, and is reported
+as a ratio to a baseline measured in the same loop.
 Absolute seconds are kept in the JSON files for inspection but never compared across runs.
 """
 
@@ -30,20 +31,28 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def time_round_robin(cases: dict[str, Callable[[], Any]], reps: int, warmup: bool = True,
-                     seed: int = 0) -> dict[str, list[float]]:
-    """``{name: [seconds per repetition]}`` for zero-argument callables, timed interleaved (see module docstring)."""
+def time_round_robin(cases: dict[str, Callable[[], Any]], reps: int, warmup: bool = True, seed: int = 0,
+                     min_block_s: float = 0.2) -> dict[str, list[float]]:
+    """``{name: [seconds per call, one value per repetition]}`` for zero-argument callables, timed interleaved (see
+    module docstring). A case faster than ``min_block_s`` (judged by its warm-up call) runs several times back to
+    back within each repetition and the block's time is divided by the count, as ``timeit`` does, so that timer
+    and scheduler jitter do not dominate cheap cases. Without warm-up every case runs once per repetition."""
+    inner = {name: 1 for name in cases}
     if warmup:
-        for fn in cases.values():
+        for name, fn in cases.items():
+            start = time.perf_counter()
             fn()
+            inner[name] = max(1, min(100, int(min_block_s / max(time.perf_counter() - start, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in cases}
     order, rng = list(cases), random.Random(seed)
     for _ in range(reps):
         rng.shuffle(order)  # no case always runs right after the same (e.g. a memory-hungry) one
         for name in order:
+            fn, count = cases[name], inner[name]
             start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(count):
+                fn()
+            times[name].append((time.perf_counter() - start) / count)
     return times
 
 

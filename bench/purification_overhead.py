@@ -66,6 +66,7 @@ def purifier_args(model: str, unet_dir: Path) -> dict[str, list[str]]:
     out = {"cos": ["purifier=clipure_cos", "purifier.batch_size=null"], "diff": diff, "jpeg": ["purifier=jpeg"], "bit_depth": ["purifier=bit_depth"],
            "gaussian_noise": ["purifier=gaussian_noise"], "clipure_pixel": ["purifier=clipure_pixel"]}
     if model == "small":
+        out["diff_no_ckpt"] = [*diff, "purifier.gradient_checkpointing=false"]  # attack-step cost of recomputation
         for k in PROFILE["diffpure_steps"]:
             out[f"diffpure_K{k}"] = ["purifier=diffpure", f"purifier.diffpure.model={unet_dir}",
                                      f"purifier.diffpure.num_steps={k}", "purifier.diffpure.t_star=0.1"]
@@ -141,6 +142,8 @@ def make_cases(model: str, plain, defended, batch: int):
     slow = {}
     for name, clf in defended.items():
         expensive = name.startswith("diffpure") or (model == "ViT-B-32" and name == "clipure_pixel")
+        if name == "diff_no_ckpt":
+            continue  # same forward as diff; only its attack step differs
         if not (model == "ViT-B-32" and name == "diff" and not PROFILE["vitb32_diff_e2e"]):  # see latent/diff
             (slow if expensive else fast)[f"fwd/{name}"] = fwd(clf)
         if clf.latent is not None and name in ("cos", "diff"):
@@ -148,6 +151,8 @@ def make_cases(model: str, plain, defended, batch: int):
     views = {"cos@as_released": ("cos", AttackGradMode.purifier), "cos@full": ("cos", AttackGradMode.full)}
     if model == "small" or PROFILE["vitb32_diff_e2e"]:
         views["diff@full"] = ("diff", AttackGradMode.full)
+    if "diff_no_ckpt" in defended:
+        views["diff@full_no_checkpointing"] = ("diff_no_ckpt", AttackGradMode.full)
     for case, (name, mode) in views.items():
         fast[f"attack/{case}"] = attack(make_view(defended[name], mode, AttackPrecision.fp32))
     return fast, slow
@@ -210,6 +215,11 @@ def headlines(rows: list[dict]) -> list[Headline]:
                        else "10 encoder forward+backward passes per call",
                        "diffpure_K100 (extrapolated)": "ddpm-cifar10-32 architecture, random weights; linear in steps"}.get(name, "")
                 out.append(Headline("purification", f"{label} forward / plain forward, {model}", r["ratio_to_plain_fwd"], why=why))
+        on, off = by.get((model, "attack/diff@full")), by.get((model, "attack/diff@full_no_checkpointing"))
+        if on and off:
+            out.append(Headline("attack", f"one attack gradient through CLIPure-Diff (full), step checkpointing on / off, "
+                                          f"{model}", on["median_s"] / off["median_s"],
+                                why="the price of memory flat in T: each step runs once more in the backward pass"))
         for case, label, goal in (("attack/cos@full", "one attack gradient through CLIPure-Cos (full) / plain CLIP", 1.05),
                                   ("attack/diff@full", "one attack gradient through CLIPure-Diff (full) / plain CLIP", None)):
             r = by.get((model, case))

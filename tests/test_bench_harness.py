@@ -4,6 +4,7 @@ scripts, run by `make bench`, never timed in tests)."""
 from __future__ import annotations
 
 import json
+import time
 
 from bench.harness import Headline, markdown_table, ratios, time_round_robin, write_result
 
@@ -11,7 +12,7 @@ from bench.harness import Headline, markdown_table, ratios, time_round_robin, wr
 def test_round_robin_runs_every_case_once_per_repetition_after_a_warm_up():
     calls: list[str] = []
     cases = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
-    times = time_round_robin(cases, reps=4)
+    times = time_round_robin(cases, reps=4, min_block_s=0.0)
     assert calls[:3] == ["a", "b", "c"]  # warm-up, in order
     timed = calls[3:]
     assert sorted(timed) == sorted(["a", "b", "c"] * 4)
@@ -19,6 +20,22 @@ def test_round_robin_runs_every_case_once_per_repetition_after_a_warm_up():
     assert len({tuple(timed[i:i + 3]) for i in range(0, 12, 3)}) > 1  # ... in a shuffled order
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
     assert len(calls) == 15 and len(time_round_robin(cases, reps=2, warmup=False)["a"]) == 2
+
+
+def test_cheap_cases_run_in_blocks_and_report_time_per_call():
+    calls = {"cheap": 0, "slow": 0}
+
+    def cheap():
+        calls["cheap"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.03)
+
+    times = time_round_robin({"cheap": cheap, "slow": slow}, reps=3, min_block_s=0.02)
+    assert calls["slow"] == 1 + 3  # warm-up + one call per repetition: slower than the block
+    assert calls["cheap"] > 10 * (1 + 3)  # blocks of back-to-back calls
+    assert max(times["cheap"]) < 0.01 < min(times["slow"])  # seconds per call, not per block
 
 
 def test_ratios_are_medians_over_the_baseline_median():

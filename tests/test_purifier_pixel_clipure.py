@@ -128,5 +128,5 @@ def test_gradient_checkpointing_same_gradient_and_diagnostics(backbone, anchor):
         diags[ckpt] = p.last_diagnostics
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)
     assert (grads[True] - w).abs().max() > 1e-4  # the second-order part is there
-    for key in diags[False]:
-        torch.testing.assert_close(diags[True][key], diags[False][key], rtol=0, atol=0)
+    for key in diags[False]:  # the checkpointed forward runs without create_graph: round-off apart, the same path
+        torch.testing.assert_close(diags[True][key], diags[False][key], rtol=1e-5, atol=1e-6)

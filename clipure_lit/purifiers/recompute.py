@@ -1,10 +1,10 @@
 """Step checkpointing for purification loops whose steps differentiate an inner loss (``create_graph``).
 
-``recompute_in_backward(step, *inputs)`` returns the values of ``step(True, *inputs)`` but keeps only ``inputs``
-for autograd (the step's graph is dropped when the forward returns). In the backward pass it runs the step again
-with a graph and returns the vector-Jacobian product through it. ``step(in_graph, *inputs)`` must be a function of
-its arguments (randomness is drawn before, not inside); ``in_graph`` tells it to keep its inner gradient in the
-graph (``create_graph``).
+``recompute_in_backward(step, *inputs)`` returns ``step(False, *inputs)`` (values only, no graph) and keeps only
+``inputs`` for autograd. In the backward pass it runs ``step(True, *inputs)`` with a graph and returns the
+vector-Jacobian product through it. ``step(in_graph, *inputs)`` must be a function of its arguments (randomness is
+drawn before, not inside) and compute the same values in both modes; ``in_graph`` tells it to keep its inner
+gradient in the graph (``create_graph``).
 
 Why not ``torch.utils.checkpoint``: with an ``autograd.grad(..., create_graph=True)`` inside the region, its
 non-reentrant variant still keeps part of every step alive (measured on the released prior architecture: about a
@@ -25,10 +25,11 @@ class _RecomputedStep(torch.autograd.Function):
     def forward(ctx, step: Callable[..., tuple[Tensor, ...]], *inputs: Tensor) -> tuple[Tensor, ...]:
         ctx.step = step
         ctx.save_for_backward(*inputs)
-        # The same computation as the backward's recomputation (so the values are bit-identical to an
-        # uncheckpointed loop's); its graph is dropped on return. enable_grad: autograd is off inside forward.
+        # Values only: the inner gradient without create_graph, exactly as the loop computes it when no gradient
+        # is wanted (clean evaluation, AutoAttack's checks), so attack-time and evaluation-time outputs agree bit for
+        # bit; create_graph selects other kernels (round-off differences ~1e-7). enable_grad: autograd is off here.
         with torch.enable_grad():
-            outputs = step(True, *(t.detach().requires_grad_(w) for t, w in zip(inputs, ctx.needs_input_grad[1:])))
+            outputs = step(False, *(t.detach() for t in inputs))
         return tuple(o.detach() for o in outputs)
 
     @staticmethod
@@ -46,5 +47,5 @@ class _RecomputedStep(torch.autograd.Function):
 
 
 def recompute_in_backward(step: Callable[..., tuple[Tensor, ...]], *inputs: Tensor) -> tuple[Tensor, ...]:
-    """``step(True, *inputs)``, differentiable by recomputation instead of a kept graph (see module docstring)."""
+    """``step(False, *inputs)``, differentiable as ``step(True, *inputs)`` by recomputation (see module docstring)."""
     return _RecomputedStep.apply(step, *inputs)
