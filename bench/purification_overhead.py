@@ -12,7 +12,8 @@ and head. Per model and batch, in one process, interleaved (``bench/harness.py``
   purified forward's cost without the image encoder's run-to-run noise, which on a shared CPU exceeds the cost of a
   cheap purifier (the headline for CLIPure-Cos);
 * ``attack/<case>``: one attack step, logits + cross-entropy + gradient w.r.t. the pixels, as a ratio to the same
-  step on plain CLIP (``@full`` = exact gradient through every step, with step checkpointing).
+  step on plain CLIP (``@full`` = exact gradient through every step; Diff with the prior config's step checkpointing,
+  and once with it on and off).
 
 CLIPure-Diff at ViT-B-32 uses a prior of the released architecture (depth 24, 32 heads of 64, 256 null text tokens)
 at dim 512 with random weights; in the quick profile only the purifier alone is timed there (its end-to-end forward
@@ -66,7 +67,8 @@ def purifier_args(model: str, unet_dir: Path) -> dict[str, list[str]]:
     out = {"cos": ["purifier=clipure_cos", "purifier.batch_size=null"], "diff": diff, "jpeg": ["purifier=jpeg"], "bit_depth": ["purifier=bit_depth"],
            "gaussian_noise": ["purifier=gaussian_noise"], "clipure_pixel": ["purifier=clipure_pixel"]}
     if model == "small":
-        out["diff_no_ckpt"] = [*diff, "purifier.gradient_checkpointing=false"]  # attack-step cost of recomputation
+        for flag in ("true", "false"):  # the attack-step cost of step recomputation, whatever the config's default
+            out[f"diff_ckpt_{flag}"] = [*diff, f"purifier.gradient_checkpointing={flag}"]
         for k in PROFILE["diffpure_steps"]:
             out[f"diffpure_K{k}"] = ["purifier=diffpure", f"purifier.diffpure.model={unet_dir}",
                                      f"purifier.diffpure.num_steps={k}", "purifier.diffpure.t_star=0.1"]
@@ -142,7 +144,7 @@ def make_cases(model: str, plain, defended, batch: int):
     slow = {}
     for name, clf in defended.items():
         expensive = name.startswith("diffpure") or (model == "ViT-B-32" and name == "clipure_pixel")
-        if name == "diff_no_ckpt":
+        if name.startswith("diff_ckpt_"):
             continue  # same forward as diff; only its attack step differs
         if not (model == "ViT-B-32" and name == "diff" and not PROFILE["vitb32_diff_e2e"]):  # see latent/diff
             (slow if expensive else fast)[f"fwd/{name}"] = fwd(clf)
@@ -151,8 +153,9 @@ def make_cases(model: str, plain, defended, batch: int):
     views = {"cos@as_released": ("cos", AttackGradMode.purifier), "cos@full": ("cos", AttackGradMode.full)}
     if model == "small" or PROFILE["vitb32_diff_e2e"]:
         views["diff@full"] = ("diff", AttackGradMode.full)
-    if "diff_no_ckpt" in defended:
-        views["diff@full_no_checkpointing"] = ("diff_no_ckpt", AttackGradMode.full)
+    if "diff_ckpt_true" in defended:
+        views["diff@full_checkpointing_on"] = ("diff_ckpt_true", AttackGradMode.full)
+        views["diff@full_checkpointing_off"] = ("diff_ckpt_false", AttackGradMode.full)
     for case, (name, mode) in views.items():
         fast[f"attack/{case}"] = attack(make_view(defended[name], mode, AttackPrecision.fp32))
     return fast, slow
@@ -215,7 +218,7 @@ def headlines(rows: list[dict]) -> list[Headline]:
                        else "10 encoder forward+backward passes per call",
                        "diffpure_K100 (extrapolated)": "ddpm-cifar10-32 architecture, random weights; linear in steps"}.get(name, "")
                 out.append(Headline("purification", f"{label} forward / plain forward, {model}", r["ratio_to_plain_fwd"], why=why))
-        on, off = by.get((model, "attack/diff@full")), by.get((model, "attack/diff@full_no_checkpointing"))
+        on, off = by.get((model, "attack/diff@full_checkpointing_on")), by.get((model, "attack/diff@full_checkpointing_off"))
         if on and off:
             out.append(Headline("attack", f"one attack gradient through CLIPure-Diff (full), step checkpointing on / off, "
                                           f"{model}", on["median_s"] / off["median_s"],
@@ -226,7 +229,8 @@ def headlines(rows: list[dict]) -> list[Headline]:
             if r:
                 out.append(Headline("attack", f"{label}, {model}, batch {batch}", r["ratio_to_plain_attack"],
                                     goal=goal if model == "ViT-B-32" else None,
-                                    why="exact second-order gradient through 10 steps, checkpointed" if "diff" in case else ""))
+                                    why="exact second-order gradient through 10 steps (the prior config's "
+                                        "gradient_checkpointing)" if "diff" in case else ""))
     return out
 
 

@@ -62,7 +62,9 @@ def render_markdown(rows: list[Headline], durations: dict[str, float], failures:
         "(`bench/harness.py`). Absolute seconds are in `bench/results/*.json` but are noise on shared machines.",
         "`status` compares a figure with its goal; a missed goal says why in the note. Regenerate this file with",
         "`make bench` (the quick profile, under 10 minutes on 2 CPU cores) or",
-        "`.venv/bin/python bench/run.py --profile full` (the sizes of the paper's setting; much longer).",
+        "`.venv/bin/python bench/run.py --profile full` (larger batches, ViT-B-32 at batch 32, more repetitions; much",
+        "longer). Where one evaluation spends its time, by operator and Python function:",
+        "`.venv/bin/python bench/profile_eval.py [eval.py overrides]` (default: the main job's slowest path).",
         "",
         f"Profile `{profile}`, measured on: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, "
         f"{machine['torch_threads']} threads, CUDA: {machine['cuda']}, commit `{machine['git_commit']}`, load average at "
@@ -87,7 +89,16 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {list(BENCHMARKS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every benchmark (default: torch's choice)")
     ap.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite BENCHMARKS.md from bench/results/summary.json without measuring anything")
     args = ap.parse_args(argv)
+    if args.markdown_only:
+        summary = json.loads((RESULTS / "summary.json").read_text())
+        rows = [Headline(**{k: v for k, v in h.items() if k != "status"}) for h in summary["headline"]]
+        (REPO / "BENCHMARKS.md").write_text(render_markdown(rows, summary["seconds"], summary["failures"], summary["profile"],
+                                                           summary["machine"], summary["total_seconds"]))
+        print("written: BENCHMARKS.md (from bench/results/summary.json)")
+        return 0
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
