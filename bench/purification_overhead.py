@@ -43,7 +43,7 @@ from bench.harness import REPO, Headline, log, median, time_round_robin, write_r
 
 PROFILES = {
     # quick: what `make bench` runs (the whole suite in under 10 minutes on 2 cores); full: the sizes.
-    "quick": dict(batch={"ViT-B-32": 8, "small": 32}, reps=3, diffpure_steps=(1, 2), vitb32_diff_e2e=False),
+    "quick": dict(batch={"ViT-B-32": 8, "small": 32}, reps=5, diffpure_steps=(1, 2), vitb32_diff_e2e=False),
     "full": dict(batch={"ViT-B-32": 32, "small": 64}, reps=7, diffpure_steps=(1, 10), vitb32_diff_e2e=True),
 }
 MODEL_ARGS = {
