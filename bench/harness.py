@@ -148,12 +148,17 @@ def markdown_table(rows: list[Headline]) -> str:
     return "\n".join(lines)
 
 
+def repo_relative(text: str) -> str:
+    """``text`` with this checkout's absolute path removed (result files must not name the machine's folders)."""
+    return text.replace(str(REPO) + os.sep, "").replace(str(REPO), ".")
+
+
 def write_result(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
     """``bench/results/<name>.json`` (or ``out``), with the machine facts and the command that made it."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO) if sys.argv and sys.argv[0] else "?"
-    payload = {"benchmark": name, "command": " ".join([".venv/bin/python", script, *sys.argv[1:]]),
+    args = [repo_relative(a) for a in sys.argv] if sys.argv and sys.argv[0] else ["?"]
+    payload = {"benchmark": name, "command": " ".join([".venv/bin/python", *args]),
                "machine": machine_info(), **payload}
     if "headline" in payload:
         payload["headline"] = [h.as_dict() if isinstance(h, Headline) else h for h in payload["headline"]]

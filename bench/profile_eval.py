@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import REPO, RESULTS, log, machine_info  # noqa: E402
+from bench.harness import REPO, RESULTS, log, machine_info, repo_relative  # noqa: E402
 
 SLOWEST = ["clip=cifar10_small", "purifier=clipure_diff_cifar10_small", "data.num_samples=4", "data.batch_size=2",
            "attack.run=[apgd_ce@eot]", "attack.eot_samples=4", "attack.n_iter=5", "attack.checks=false", "logger=none"]
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
             f"== torch operators by self CPU time\n{ops}\n== Python functions by cumulative time\n{stream.getvalue()}")
     out = RESULTS / f"profile_{args.name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(repo_relative(text).replace(sys.prefix + os.sep, ".venv" + os.sep))
     print(ops)
     print(f"written: {os.path.relpath(out, REPO)}")
 

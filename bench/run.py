@@ -38,7 +38,7 @@ RESULT_FILE = {"purification": "purification_overhead", "attack": "attack_overhe
 def run_one(name: str, profile: str, threads: int | None) -> tuple[dict | None, float, str | None]:
     script, _ = BENCHMARKS[name]
     out = RESULTS / f"{RESULT_FILE[name]}.json"
-    cmd = [sys.executable, str(REPO / "bench" / script), "--profile", profile, "--out", str(out)]
+    cmd = [sys.executable, str(REPO / "bench" / script), "--profile", profile, "--out", os.path.relpath(out, REPO)]
     if threads:
         cmd += ["--threads", str(threads)]
     log(f"== {name}: {' '.join(os.path.relpath(c, REPO) if c.startswith(str(REPO)) else c for c in cmd)}")
