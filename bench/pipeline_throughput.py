@@ -112,7 +112,7 @@ def breakdown(sub_run: Path) -> dict:
         "purifier_building": phases.get("build_purifiers", 0.0),
     }
     return {"num_samples": n, "seconds": seconds, "time_per_sample_s": per_sample, "phases_s": phases,
-            "text_embeddings": timings.get("text_embeddings", {})}
+            "counts": timings.get("counts", {})}
 
 
 def default_job(extra: list[str], root: Path) -> dict:

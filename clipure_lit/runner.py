@@ -98,9 +98,8 @@ def check_purifier_files(cfg: DictConfig) -> None:
 def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu", timer: PhaseTimer | None = None):
     """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible.
 
-    ``timer`` (optional) receives the phases ``load_backbone``, ``build_text_head`` (class head and, for purifiers
-    with a blank anchor, its prompts) and ``build_purifiers``, and ``text_embeddings_cached`` / ``_computed``
-    counts are set on it as ``timer.text_cache``.
+    ``timer`` (optional) receives the phases ``load_backbone``, ``build_text_head`` and ``build_purifiers`` (which
+    includes a blank anchor's text embeddings), and the counts ``text_embeddings_cached`` / ``_computed``.
     """
     timer = timer or PhaseTimer()
     from clipure_lit.clip.backbone import load_backbone
@@ -127,7 +126,7 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
     with timer.phase("build_purifiers"):  # includes a blank anchor's text embeddings (cached like the head's)
         pixel = build_purifier(cfg.purifier.pixel, "pixel", ctx)
         latent = build_purifier(cfg.purifier.latent, "latent", ctx)
-    timer.text_cache = {"cached": cache.hits, "computed": cache.misses}
+    timer.counts.update(text_embeddings_cached=cache.hits, text_embeddings_computed=cache.misses)
     return PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed)
 
 
@@ -180,7 +179,7 @@ def run_eval(cfg: DictConfig) -> dict:
             trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
         if trainer.is_global_zero:  # also after a failure: where the time went up to that point
-            write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "text_embeddings": getattr(timer, "text_cache", {}),
+            write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
                                                   "note": "wall clock in the launching process; per-sample times of the "
                                                           "test loop's parts are in results.json (time_per_sample_s)"})
         if logger and type(logger).__name__ == "WandbLogger":

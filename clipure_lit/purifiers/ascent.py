@@ -12,11 +12,12 @@ so the norm of every embedding is preserved. ``GradMode.as_released`` makes ``g`
 (the official code calls ``autograd.grad`` without ``create_graph``); ``GradMode.full`` keeps ``g`` in the graph,
 which gives attacks the exact white-box gradient of the whole loop.
 
-Memory: in ``full`` mode each step keeps the graph of its inner gradient (for CLIPure-Diff, the prior's activations)
-until the attack's backward pass, so memory grows linearly in T. With ``gradient_checkpointing`` each step runs
-through :func:`recompute.recompute_in_backward`: only its inputs (z, m) are kept and the step is recomputed in the
-backward pass, so memory is flat in T for one more forward of each step. The gradient is the same because a step draws no
-randomness of its own: ``grad_fn`` receives the step index, and stochastic losses pre-draw per step.
+Memory: in ``full`` mode each step keeps the graph of its inner gradient (for CLIPure-Diff, the prior's
+activations) until the attack's backward pass, so memory grows linearly in T. With ``gradient_checkpointing`` each
+step runs through :func:`recompute.recompute_in_backward`: only its inputs (z, m) are kept and the step is
+recomputed in the backward pass, so memory is flat in T for one more forward of each step. The gradient is the same
+because a step draws no randomness of its own: ``grad_fn`` receives the step index, and stochastic losses pre-draw
+per step.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.purifiers.recompute import recompute_in_backward
-
 from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.purifiers.base import Purifier, Space
+from clipure_lit.purifiers.recompute import recompute_in_backward
 
 log = logging.getLogger(__name__)
 
@@ -172,4 +172,4 @@ class AscentPurifier(Purifier):
         s = self.settings
         return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
                 "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
-                "gradient_checkpointing": s.gradient_checkpointing}
+                **({"gradient_checkpointing": s.gradient_checkpointing} if self.recompute_steps else {})}

@@ -9,10 +9,12 @@ from typing import Iterator
 
 class PhaseTimer:
     """``with timer.phase("build_head"): ...`` adds the block's wall-clock seconds to ``timer.seconds["build_head"]``
-    (a repeated phase sums), also when the block raises."""
+    (a repeated phase sums), also when the block raises. ``counts`` holds counters a phase reports alongside (e.g.
+    text embeddings read from the cache)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
