@@ -76,6 +76,16 @@ def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
     return g_u / g_u.norm(dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
 
 
+def ascent_step(z: Tensor, m: Tensor, grad: Tensor, settings: AscentSettings) -> tuple[Tensor, Tensor]:
+    """One step of the rule above from ``z``, ``m`` ``[B, D]`` and ``grad = d loss / d z`` at ``z``: ``(z', m')``."""
+    # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
+    r = z.norm(dim=-1, keepdim=True)  # [B, 1]
+    u = z / r  # [B, D]
+    g_u = r * grad
+    m = settings.momentum * m - (1.0 - settings.momentum) * normalise_direction(g_u, settings.norm_scope)
+    return r * F.normalize(u + settings.step_size * m, dim=-1), m
+
+
 def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None,
                   recompute: bool = True) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Run the loop from ``z`` ``[B, D]``.
@@ -89,15 +99,9 @@ def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None,
     dicts, one per record).
     """
     in_graph = settings.grad_mode == GradMode.full
-    gamma, eta = settings.momentum, settings.step_size
 
     def step(k: int, keep_graph: bool, z: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
-        r = z.norm(dim=-1, keepdim=True)  # [B, 1]
-        u = z / r  # [B, D]
-        g_u = r * grad_fn(z, keep_graph, k)  # [B, D]
-        m = gamma * m - (1.0 - gamma) * normalise_direction(g_u, settings.norm_scope)
-        return r * F.normalize(u + eta * m, dim=-1), m
+        return ascent_step(z, m, grad_fn(z, keep_graph, k), settings)
 
     z0 = z
     records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []

@@ -2,7 +2,7 @@
 
 Autograd differentiating the loop (``create_graph`` through the closed-form step) records ~20 small operations per
 step and replays them in the backward pass; on a small CLIP that bookkeeping is several percent of an attack step.
-Here the forward runs the same operations as :func:`ascent.sphere_ascent` (so the values are bit-identical) without
+Here the forward runs :func:`ascent.ascent_step`, the loop's own step (so the values are bit-identical), without
 a graph, keeping ``z_k`` and ``m_k`` (``[B, D]`` each) of every step, and the backward applies each step's
 vector-Jacobian product in reverse. Per step, rows i, unit anchor ``a``:
 
@@ -26,11 +26,10 @@ with momentum. Only a first-order backward is provided (what attacks take).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from clipure_lit.config.schema import NormScope
-from clipure_lit.purifiers.ascent import _NORM_FLOOR, AscentSettings, normalise_direction
+from clipure_lit.purifiers.ascent import _NORM_FLOOR, AscentSettings, ascent_step
 
 
 def _rowdot(x: Tensor, y: Tensor) -> Tensor:
@@ -42,18 +41,12 @@ class _CosAscent(torch.autograd.Function):
     def forward(ctx, z: Tensor, anchor: Tensor, settings: AscentSettings) -> Tensor:
         from clipure_lit.purifiers.clipure_cos import neg_cos_grad
 
-        gamma, eta = settings.momentum, settings.step_size
         zs, ms = [], []
         m = torch.zeros_like(z)  # [B, D]
         for _ in range(settings.num_steps):
             zs.append(z)
             ms.append(m)
-            # The operations of ascent.sphere_ascent's step, in the same order.
-            r = z.norm(dim=-1, keepdim=True)  # [B, 1]
-            u = z / r
-            g_u = r * neg_cos_grad(z, anchor)
-            m = gamma * m - (1.0 - gamma) * normalise_direction(g_u, settings.norm_scope)
-            z = r * F.normalize(u + eta * m, dim=-1)
+            z, m = ascent_step(z, m, neg_cos_grad(z, anchor), settings)  # the loop's own step: identical values
         ctx.settings = settings
         ctx.save_for_backward(anchor, *zs, *ms)
         return z
