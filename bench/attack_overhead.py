@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.builders import Defences  # noqa: E402
 from bench.harness import REPO, Headline, log, median, write_result  # noqa: E402
 
 # n_iter: the framework adds one clean forward per batch (the test step's; AutoAttack makes its own), a fixed cost
@@ -129,13 +130,11 @@ def callback_vs_plain(profile: dict) -> dict:
 
 def cos_full_vs_plain_clip(profile: dict) -> dict:
     from clipure_lit.attacks.presets import attack_config, resolve_attacks
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
 
     loader = make_loader(profile["clip_images"], profile["batch"])
-    classnames = _classnames()
-    plain = build_classifier(load_config(["clip=cifar10_small", "purifier=none"]), classnames)
-    cos = build_classifier(load_config(["clip=cifar10_small", "purifier=clipure_cos", "purifier.batch_size=null"]), classnames)
+    family = Defences(["clip=cifar10_small"])
+    plain = family.build(["purifier=none"])
+    cos = family.build(["purifier=clipure_cos", "purifier.batch_size=null"])
     cases = {}
     for name, clf, token in (("plain_clip", plain, "apgd_ce"), ("clipure_cos_full", cos, "apgd_ce@full")):
         (spec,) = resolve_attacks(attack_config(run=[token], eps=4.0, n_iter=profile["clip_n_iter"], checks=False))
@@ -152,15 +151,6 @@ def cos_full_vs_plain_clip(profile: dict) -> dict:
     return {"model": "shipped small CIFAR-10 CLIP (checkpoints/vit_c10_s4_clip.safetensors)", "images": profile["clip_images"],
             "n_iter": profile["clip_n_iter"], "seconds": runs, "median_s": med,
             "ratio_cos_full_over_plain": med["clipure_cos_full"] / med["plain_clip"]}
-
-
-def _classnames() -> list[str]:
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-
-    dm = ZeroShotDataModule(load_config([]).data)
-    dm.setup("test")
-    return dm.classnames
 
 
 def run(profile_name: str = "quick") -> dict:

@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # small ops crawl when Open
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.builders import shipped_classnames  # noqa: E402
 from bench.harness import REPO, Headline, log, markdown_table, median, time_round_robin, write_result  # noqa: E402
 
 PROFILES = {
@@ -132,17 +133,6 @@ def default_job(extra: list[str], root: Path) -> dict:
             "samples_per_s": samples / wall, "seconds": seconds, "shares": {k: v / wall for k, v in seconds.items()}}
 
 
-def cifar10_classnames() -> list[str]:
-    """CIFAR-10 class names as the demo's runs get them: from the shipped sample's ``.npz`` (``get_classnames`` has
-    no ``cifar10`` set)."""
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-
-    datamodule = ZeroShotDataModule(load_config(["data=cifar10_sample"]).data)
-    datamodule.setup("test")
-    return list(datamodule.classnames)
-
-
 def text_head(reps: dict[str, int], root: Path) -> dict:
     """Cold and cached ``build_head`` per model (measurement 2)."""
     from omegaconf import OmegaConf
@@ -155,7 +145,7 @@ def text_head(reps: dict[str, int], root: Path) -> dict:
 
     clip_cfgs = {"small": load_config(["clip=cifar10_small"]).clip,
                  "ViT-B-32": OmegaConf.structured(ClipCfg(arch="ViT-B-32", pretrained=None))}
-    classnames, templates = cifar10_classnames(), get_templates("cifar10")
+    classnames, templates = shipped_classnames(), get_templates("cifar10")
     out = {"classnames": len(classnames), "templates": len(templates)}
     for model, cfg in clip_cfgs.items():
         backbone, tokenizer = load_backbone(cfg)

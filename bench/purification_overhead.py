@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.builders import Defences  # noqa: E402
 from bench.harness import REPO, Headline, log, median, time_round_robin, write_result  # noqa: E402
 
 PROFILES = {
@@ -87,29 +88,8 @@ def save_random_ddpm_unet(folder: Path) -> None:
 
 def build_defences(model: str, unet_dir: Path):
     """``(plain classifier, {name: defended classifier})`` sharing one backbone and head."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import get_templates
-    from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-    from clipure_lit.purifiers import BuildContext, build_purifier
-
-    base = load_config([*MODEL_ARGS[model], *COMMON])
-    backbone, tokenizer = load_backbone(base.clip)
-    datamodule = ZeroShotDataModule(base.data)  # the shipped CIFAR-10 sample: only its class names are used
-    datamodule.setup("test")
-    classnames = datamodule.classnames
-    cache = TextEmbeddingCache(base.prompts.cache_dir)
-    head = build_head(backbone, tokenizer, classnames, get_templates(base.prompts.class_templates), cache, base.clip.logit_scale)
-    plain = PurifiedZeroShotClassifier(backbone, head).eval()
-    defended = {}
-    for name, args in purifier_args(model, unet_dir).items():
-        cfg = load_config([*MODEL_ARGS[model], *COMMON, *args])
-        ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
-        pixel, latent = build_purifier(cfg.purifier.pixel, "pixel", ctx), build_purifier(cfg.purifier.latent, "latent", ctx)
-        defended[name] = PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed).eval()
-    return plain, defended
+    family = Defences([*MODEL_ARGS[model], *COMMON])
+    return family.build(["purifier=none"]), {name: family.build(args) for name, args in purifier_args(model, unet_dir).items()}
 
 
 def make_cases(model: str, plain, defended, batch: int):

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.builders import Defences  # noqa: E402
 from bench.harness import REPO, Headline, log, median, reset_peak_rss, status_kb, time_round_robin, write_result  # noqa: E402
 
 LIBC = ctypes.CDLL("libc.so.6")
@@ -58,31 +59,10 @@ TINY_UNET = dict(sample_size=32, block_out_channels=(32, 64), layers_per_block=1
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 
-def build(extra: list[str], shared=None):
-    """A classifier built from config like ``eval.py`` does; ``shared`` = (backbone, tokenizer, head, cache,
-    classnames) of an earlier call, reused."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import get_templates
-    from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-    from clipure_lit.purifiers import BuildContext, build_purifier
-
-    cfg = load_config([*BASE, *extra])
-    if shared is None:
-        backbone, tokenizer = load_backbone(cfg.clip)
-        datamodule = ZeroShotDataModule(cfg.data)
-        datamodule.setup("test")
-        cache = TextEmbeddingCache(cfg.prompts.cache_dir)
-        head = build_head(backbone, tokenizer, datamodule.classnames, get_templates(cfg.prompts.class_templates), cache,
-                          cfg.clip.logit_scale)
-        shared = (backbone, tokenizer, head, cache, datamodule.classnames)
-    backbone, tokenizer, head, cache, classnames = shared
-    ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
-    clf = PurifiedZeroShotClassifier(backbone, head, pixel=build_purifier(cfg.purifier.pixel, "pixel", ctx),
-                                     latent=build_purifier(cfg.purifier.latent, "latent", ctx), seed=cfg.purifier.seed)
-    return clf.eval(), shared
+def build(extra: list[str], shared: Defences | None = None) -> tuple:
+    """``(classifier of BASE + extra, the Defences family)``; pass the family back to share its backbone and head."""
+    shared = shared or Defences(BASE)
+    return shared.build(extra), shared
 
 
 def inputs(batch: int, seed: int = 1):

@@ -12,7 +12,9 @@ import logging
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -95,20 +97,27 @@ def check_purifier_files(cfg: DictConfig) -> None:
         locate_checkpoint(d.model, d.subfolder, d.cache_dir)
 
 
-def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu", timer: PhaseTimer | None = None):
-    """Backbone + zero-shot head + purifiers, from config. Text embeddings come from the on-disk cache when possible.
+@dataclass
+class ClipParts:
+    """What every defence of one CLIP model shares: the backbone, its tokenizer, the zero-shot head, the text cache."""
 
-    ``timer`` (optional) receives the phases ``load_backbone``, ``build_text_head`` and ``build_purifiers`` (which
-    includes a blank anchor's text embeddings), and the counts ``text_embeddings_cached`` / ``_computed``.
-    """
-    timer = timer or PhaseTimer()
+    backbone: Any
+    tokenizer: Any
+    head: Any
+    text_cache: Any
+    classnames: list[str]
+
+
+def load_clip(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu",
+              timer: PhaseTimer | None = None) -> ClipParts:
+    """Backbone and zero-shot head from ``cfg.clip`` / ``cfg.prompts`` (text embeddings from the on-disk cache when
+    possible); ``cfg.data.classnames``, when set, replaces the dataset's ``classnames``. Phases for ``timer``:
+    ``load_backbone``, ``build_text_head``."""
     from clipure_lit.clip.backbone import load_backbone
     from clipure_lit.clip.prompts import get_classnames, get_templates
     from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-    from clipure_lit.purifiers import BuildContext, build_purifier
 
-    check_purifier_files(cfg)
+    timer = timer or PhaseTimer()
     with timer.phase("load_backbone"):
         backbone, tokenizer = load_backbone(cfg.clip, device=device)
     if cfg.data.classnames is not None:
@@ -122,12 +131,31 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
     cache = TextEmbeddingCache(cfg.prompts.cache_dir)
     with timer.phase("build_text_head"):
         head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale)
-    ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=cache, classnames=classnames)
-    with timer.phase("build_purifiers"):  # includes a blank anchor's text embeddings (cached like the head's)
+    return ClipParts(backbone, tokenizer, head, cache, list(classnames))
+
+
+def build_defended(cfg: DictConfig, parts: ClipParts, timer: PhaseTimer | None = None):
+    """``cfg.purifier``'s purifiers around ``parts`` (phase ``build_purifiers``, which includes a blank anchor's
+    text embeddings); ``timer`` also gets the counts ``text_embeddings_cached`` / ``_computed``."""
+    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
+    from clipure_lit.purifiers import BuildContext, build_purifier
+
+    timer = timer or PhaseTimer()
+    ctx = BuildContext(cfg=cfg, backbone=parts.backbone, tokenizer=parts.tokenizer, text_cache=parts.text_cache,
+                       classnames=parts.classnames)
+    with timer.phase("build_purifiers"):
         pixel = build_purifier(cfg.purifier.pixel, "pixel", ctx)
         latent = build_purifier(cfg.purifier.latent, "latent", ctx)
-    timer.counts.update(text_embeddings_cached=cache.hits, text_embeddings_computed=cache.misses)
-    return PurifiedZeroShotClassifier(backbone, head, pixel=pixel, latent=latent, seed=cfg.purifier.seed)
+    timer.counts.update(text_embeddings_cached=parts.text_cache.hits, text_embeddings_computed=parts.text_cache.misses)
+    return PurifiedZeroShotClassifier(parts.backbone, parts.head, pixel=pixel, latent=latent, seed=cfg.purifier.seed)
+
+
+def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu", timer: PhaseTimer | None = None):
+    """Backbone + zero-shot head + purifiers, from config (:func:`load_clip` then :func:`build_defended`), after
+    checking that the purifiers' weight files exist."""
+    timer = timer or PhaseTimer()
+    check_purifier_files(cfg)
+    return build_defended(cfg, load_clip(cfg, classnames, device, timer), timer)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
