@@ -134,7 +134,7 @@ def cos_full_vs_plain_clip(profile: dict) -> dict:
     loader = make_loader(profile["clip_images"], profile["batch"])
     family = Defences(["clip=cifar10_small"])
     plain = family.build(["purifier=none"])
-    cos = family.build(["purifier=clipure_cos", "purifier.batch_size=null"])
+    cos = family.build(["purifier=clipure_cos", "purifier.clipure_cos.batch_size=null"])
     cases = {}
     for name, clf, token in (("plain_clip", plain, "apgd_ce"), ("clipure_cos_full", cos, "apgd_ce@full")):
         (spec,) = resolve_attacks(attack_config(run=[token], eps=4.0, n_iter=profile["clip_n_iter"], checks=False))

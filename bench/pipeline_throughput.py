@@ -141,7 +141,7 @@ def text_head(reps: dict[str, int], root: Path) -> dict:
     from clipure_lit.clip.prompts import get_templates
     from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
     from clipure_lit.config.loader import load_config
-    from clipure_lit.config.schema import ClipCfg
+    from clipure_lit.clip.config import ClipCfg
 
     clip_cfgs = {"small": load_config(["clip=cifar10_small"]).clip,
                  "ViT-B-32": OmegaConf.structured(ClipCfg(arch="ViT-B-32", pretrained=None))}

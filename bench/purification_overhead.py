@@ -62,14 +62,14 @@ DDPM_CIFAR10_ARCH = dict(sample_size=32, block_out_channels=(128, 256, 256, 256)
 
 def purifier_args(model: str, unet_dir: Path) -> dict[str, list[str]]:
     """Defence name -> config overrides, as a user would pass them to eval.py."""
-    diff = (["purifier=clipure_diff", "purifier.diff.prior.dim=512", "purifier.diff.prior.checkpoint=null"]
+    diff = (["purifier=clipure_diff", "purifier.clipure_diff.prior.dim=512", "purifier.clipure_diff.prior.checkpoint=null"]
             if model == "ViT-B-32" else ["purifier=clipure_diff_cifar10_small"])
-    diff.append("purifier.batch_size=null")  # timing at another batch size than the released 2 is intended here
-    out = {"cos": ["purifier=clipure_cos", "purifier.batch_size=null"], "diff": diff, "jpeg": ["purifier=jpeg"], "bit_depth": ["purifier=bit_depth"],
+    diff.append("purifier.clipure_diff.batch_size=null")  # timing at another batch size than the released 2 is intended here
+    out = {"cos": ["purifier=clipure_cos", "purifier.clipure_cos.batch_size=null"], "diff": diff, "jpeg": ["purifier=jpeg"], "bit_depth": ["purifier=bit_depth"],
            "gaussian_noise": ["purifier=gaussian_noise"], "clipure_pixel": ["purifier=clipure_pixel"]}
     if model == "small":
         for flag in ("true", "false"):  # the attack-step cost of step recomputation, whatever the config's default
-            out[f"diff_ckpt_{flag}"] = [*diff, f"purifier.gradient_checkpointing={flag}"]
+            out[f"diff_ckpt_{flag}"] = [*diff, f"purifier.clipure_diff.gradient_checkpointing={flag}"]
         for k in PROFILE["diffpure_steps"]:
             out[f"diffpure_K{k}"] = ["purifier=diffpure", f"purifier.diffpure.model={unet_dir}",
                                      f"purifier.diffpure.num_steps={k}", "purifier.diffpure.t_star=0.1"]
@@ -94,7 +94,7 @@ def build_defences(model: str, unet_dir: Path):
 
 def make_cases(model: str, plain, defended, batch: int):
     from clipure_lit.attacks.gradient_modes import make_view
-    from clipure_lit.config.schema import AttackGradMode, AttackPrecision
+    from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(batch, 3, SIZE[model], SIZE[model], generator=g)

@@ -51,10 +51,10 @@ PROFILES = {
                  memory_steps=(2, 5, 10, 20, 50), memory_batch=2),
 }
 BASE = ["clip=cifar10_small", "prompts=cifar10", "prompts.blank_prompt=a photo of a ."]
-DEFENCES = {"cos": ["purifier=clipure_cos", "purifier.batch_size=null"],
-            "diff": ["purifier=clipure_diff_cifar10_small", "purifier.batch_size=null"]}
-RELEASED_PRIOR_AT_128 = ["purifier=clipure_diff", "purifier.batch_size=null", "purifier.diff.prior.dim=128",
-                         "purifier.diff.prior.checkpoint=null"]
+DEFENCES = {"cos": ("clipure_cos", ["purifier=clipure_cos", "purifier.clipure_cos.batch_size=null"]),
+            "diff": ("clipure_diff", ["purifier=clipure_diff_cifar10_small", "purifier.clipure_diff.batch_size=null"])}
+RELEASED_PRIOR_AT_128 = ["purifier=clipure_diff", "purifier.clipure_diff.batch_size=null", "purifier.clipure_diff.prior.dim=128",
+                         "purifier.clipure_diff.prior.checkpoint=null"]
 TINY_UNET = dict(sample_size=32, block_out_channels=(32, 64), layers_per_block=1,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
@@ -93,7 +93,7 @@ def attack_case(clf, x, y):
 
 def full_view(clf):
     from clipure_lit.attacks.gradient_modes import make_view
-    from clipure_lit.config.schema import AttackGradMode, AttackPrecision
+    from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
 
     return make_view(clf, AttackGradMode.full, AttackPrecision.fp32)
 
@@ -104,9 +104,9 @@ def bench_steps(profile: dict) -> list[dict]:
     with torch.no_grad():
         z = plain.backbone.encode_image(x)  # [B, D]
     cases = {"fwd/plain": forward_case(plain, x), "attack/plain": attack_case(plain, x, y)}
-    for name, args in DEFENCES.items():
+    for name, (purifier, args) in DEFENCES.items():
         for steps in profile["steps"]:
-            clf, _ = build([*args, f"purifier.num_steps={steps}"], shared)
+            clf, _ = build([*args, f"purifier.{purifier}.num_steps={steps}"], shared)
             cases[f"fwd/{name}/T{steps}"] = purifier_alone_case(clf.latent, z)
             cases[f"attack/{name}@full/T{steps}"] = attack_case(full_view(clf), x, y)
     log(f"scaling in steps: batch {profile['steps_batch']}, {len(cases)} cases x {profile['reps']} reps ...")
@@ -126,7 +126,7 @@ def bench_steps(profile: dict) -> list[dict]:
 
 def bench_batch(profile: dict) -> list[dict]:
     plain, shared = build(["purifier=none"])
-    defended = {name: build(args, shared)[0] for name, args in DEFENCES.items()}
+    defended = {name: build(args, shared)[0] for name, (_, args) in DEFENCES.items()}
     rows = []
     per_sample_1 = {}
     for batch in profile["batches"]:
@@ -157,8 +157,8 @@ def memory_cases(kind: str, steps: list[int], batch: int) -> list[dict]:
     for ckpt in (False, True):
         for t in steps:
             if kind == "clipure_diff":
-                clf, shared = build([*RELEASED_PRIOR_AT_128, f"purifier.num_steps={t}", "purifier.grad_mode=full",
-                                     f"purifier.gradient_checkpointing={str(ckpt).lower()}"], shared)
+                clf, shared = build([*RELEASED_PRIOR_AT_128, f"purifier.clipure_diff.num_steps={t}", "purifier.clipure_diff.grad_mode=full",
+                                     f"purifier.clipure_diff.gradient_checkpointing={str(ckpt).lower()}"], shared)
             else:
                 clf, shared = build(["purifier=none"], shared)
                 clf.pixel = diffpure(t, ckpt)
@@ -181,7 +181,7 @@ def diffpure(steps: int, checkpointing: bool):
     from diffusers import UNet2DModel
     from omegaconf import OmegaConf
 
-    from clipure_lit.config.schema import DiffPureCfg
+    from clipure_lit.purifiers.pixel_diffusion import DiffPureCfg
     from clipure_lit.purifiers.pixel_diffusion import DiffPurePurifier, build_scheduler
 
     cfg = OmegaConf.structured(DiffPureCfg(num_steps=steps, gradient_checkpointing=checkpointing))  # t* = 0.1: 100 levels

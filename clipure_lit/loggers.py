@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from clipure_lit.config.schema import LoggerName, WandbMode
-
 log = logging.getLogger(__name__)
+
+
+class LoggerName(str, Enum):
+    csv = "csv"
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    """``auto``: online when W&B credentials are configured, offline otherwise (never blocks on the network)."""
+
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class LoggerCfg:
+    """The ``logger.*`` section: which Lightning logger records the run, and W&B's project settings."""
+
+    name: LoggerName = LoggerName.csv
+    project: str = "clipure_lit"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: WandbMode = WandbMode.auto
 
 
 def wandb_credentials_present() -> bool:

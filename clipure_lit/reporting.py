@@ -3,7 +3,7 @@
 Outputs in the report folder: ``report.csv`` and ``report.md`` (one row per run: the config keys that vary across
 the runs, clean and robust accuracy per attack with 95% intervals, the worst case, time per sample), one PNG per
 numeric varying key (accuracy against that key, one line per combination of the other varying keys; the even/odd
-pattern of the released CLIPure-Cos shows up against ``purifier.num_steps``), and ``paired.csv``: each run against
+pattern of the released CLIPure-Cos shows up against ``purifier.clipure_cos.num_steps``), and ``paired.csv``: each run against
 a baseline run on the shared sample ids, with the accuracy difference and an exact McNemar test.
 """
 

@@ -58,15 +58,28 @@ def environment_info() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions, "git_commit": commit}
 
 
+def _chosen_sections(cfg: DictConfig) -> dict:
+    """``{key prefix: config dataclass instance}`` of the run's chosen purifiers that have keys."""
+    from clipure_lit.purifiers.registry import section_of
+
+    sections = {}
+    for name in dict.fromkeys((cfg.purifier.pixel, cfg.purifier.latent)):
+        section = section_of(cfg, name)
+        if section is not None:
+            sections[f"purifier.{name}"] = section
+    return sections
+
+
 def checkpoint_hashes(cfg: DictConfig) -> dict:
-    """SHA-256 of every local weight file the run loads (CLIP checkpoint, diffusion prior, diffusion UNet file)."""
+    """SHA-256 of every local weight file the run loads (CLIP checkpoint, and each chosen purifier's
+    ``weight_files``: a diffusion prior, a diffusion UNet folder)."""
     import hashlib
 
     from clipure_lit.utils.paths import find_path
 
-    candidates = {"clip.pretrained": cfg.clip.pretrained, "purifier.diff.prior.checkpoint": cfg.purifier.diff.prior.checkpoint}
-    if "diffpure" in cfg.purifier:
-        candidates["purifier.diffpure.model"] = cfg.purifier.diffpure.model
+    candidates = {"clip.pretrained": cfg.clip.pretrained}
+    for where, section in _chosen_sections(cfg).items():
+        candidates.update(section.weight_files(where))
     out = {}
     for key, value in candidates.items():
         path = find_path(value) if value else None
@@ -82,19 +95,10 @@ def checkpoint_hashes(cfg: DictConfig) -> dict:
 
 
 def check_purifier_files(cfg: DictConfig) -> None:
-    """Fail within seconds, before CLIP is loaded, when a purifier's weights are missing (prior checkpoint,
-    diffusion checkpoint)."""
-    from clipure_lit.utils.paths import resolve_path
-
-    checkpoint = cfg.purifier.diff.prior.checkpoint
-    if cfg.purifier.latent == "clipure_diff" and checkpoint is not None:
-        resolve_path(checkpoint, "CLIPure-Diff prior checkpoint (purifier.diff.prior.checkpoint; docs/purifiers.md, "
-                                 "'Prior checkpoints')")
-    if cfg.purifier.pixel == "diffpure" and cfg.purifier.diffpure.model is not None:
-        from clipure_lit.purifiers.pixel_diffusion import locate_checkpoint
-
-        d = cfg.purifier.diffpure
-        locate_checkpoint(d.model, d.subfolder, d.cache_dir)
+    """Fail within seconds, before CLIP is loaded, when a chosen purifier's weights are missing (each purifier's
+    config says which files it needs: ``PurifierConfig.check_files``)."""
+    for where, section in _chosen_sections(cfg).items():
+        section.check_files(where)
 
 
 @dataclass

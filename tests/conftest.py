@@ -1,4 +1,5 @@
-"""Shared fixtures: the shared real-image folder, the tiny experiment's arguments, offline environment."""
+"""Shared fixtures: the shared real-image folder, the tiny experiment's arguments and config, the tiny CLIP of
+``conf/clip/tiny_random.yaml``, purifiers built from the real ``conf/purifier`` files, offline environment."""
 
 from __future__ import annotations
 
@@ -18,6 +19,47 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 needs_shared_cifar = pytest.mark.skipif(not CIFAR_TEST.is_dir(), reason=f"real CIFAR-10 JPEGs not found at {CIFAR_TEST}")
 needs_imagenet_sample = pytest.mark.skipif(not IMAGENET_SAMPLE.is_dir(), reason=f"ImageNet sample not found at {IMAGENET_SAMPLE}")
+
+
+def tiny_cfg(*overrides: str):
+    """The composed config of ``experiment=tiny`` plus ``overrides``, from the real files in ``conf/``."""
+    from clipure_lit.config.loader import load_config
+
+    return load_config(["experiment=tiny", *overrides], conf_dir=PROJECT_ROOT / "conf")
+
+
+def contract_overrides(name: str) -> list[str]:
+    """How the contract tests select a registered purifier: its ``conf/purifier/<name>_tiny.yaml`` (small weights
+    for tests) when there is one, else ``conf/purifier/<name>.yaml``, else its registry name with default keys."""
+    from clipure_lit.purifiers import list_purifiers
+
+    for choice in (f"{name}_tiny", name):
+        if (PROJECT_ROOT / "conf" / "purifier" / f"{choice}.yaml").is_file():
+            return [f"purifier={choice}"]
+    space = "latent" if name in list_purifiers("latent") else "pixel"
+    return ["purifier=none", f"purifier.{space}={name}"]
+
+
+def build_purifiers(clip, cache_dir: Path, *overrides: str):
+    """``(cfg, pixel purifier, latent purifier)`` of ``tiny_cfg(*overrides)`` around the tiny CLIP ``clip``
+    (a ``(backbone, tokenizer)`` pair), as ``eval.py`` builds them."""
+    from clipure_lit.clip.zeroshot import TextEmbeddingCache
+    from clipure_lit.purifiers import BuildContext, build_purifier
+
+    cfg = tiny_cfg(*overrides)
+    backbone, tokenizer = clip
+    ctx = BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=TextEmbeddingCache(cache_dir),
+                       classnames=[])
+    return cfg, build_purifier(cfg.purifier.pixel, "pixel", ctx), build_purifier(cfg.purifier.latent, "latent", ctx)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """``(backbone, tokenizer)`` of the tiny random CLIP that ``experiment=tiny`` uses (conf/clip/tiny_random.yaml)."""
+    from clipure_lit.clip.backbone import load_backbone
+
+    os.chdir(PROJECT_ROOT)  # its model_config path is relative to the project root
+    return load_backbone(tiny_cfg().clip)
 
 
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:

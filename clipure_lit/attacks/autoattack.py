@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from clipure_lit.attacks.seeding import cuda_devices
 from clipure_lit.attacks.spec import AttackSpec
-from clipure_lit.config.schema import AutoAttackVersion
+from clipure_lit.attacks.config import AutoAttackVersion
 
 AA_LOGGER = "auto-attack"
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from clipure_lit.attacks.seeding import seeded
 from clipure_lit.attacks.spec import AttackSpec
-from clipure_lit.config.schema import AttackGradMode, AttackPrecision, AutoAttackVersion
+from clipure_lit.attacks.config import AttackGradMode, AttackPrecision, AutoAttackVersion
 from clipure_lit.purifiers.base import IdentityPurifier
 
 # Thresholds (documented in docs/evaluation.md).
@@ -96,7 +96,7 @@ def check_batch_dependence(classifier, x: Tensor) -> Finding:
         f"Predictions depend on the other samples in the batch (declared batch_coupled={declared}; {measured}), "
         "so every result depends on data.batch_size, "
         "attack.batch_size and the number of processes, and an attacker could choose the batch mates. Stronger "
-        "evaluation: purifier.norm_scope=sample, or data.batch_size=1 with attack.batch_size=1.") if raised else "")
+        "evaluation: purifier.<name>.norm_scope=sample for a CLIPure purifier, or data.batch_size=1 with attack.batch_size=1.") if raised else "")
 
 
 def is_random(classifier, x: Tensor) -> bool:

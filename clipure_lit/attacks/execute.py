@@ -14,7 +14,7 @@ from clipure_lit.attacks.gradient_modes import float32_copy, is_full_precision, 
 from clipure_lit.attacks.seeding import batch_seed, seeded
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.attacks.transfer import transfer_source
-from clipure_lit.config.schema import AttackPrecision
+from clipure_lit.attacks.config import AttackPrecision
 
 
 @dataclass

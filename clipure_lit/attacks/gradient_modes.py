@@ -4,7 +4,7 @@ A view is a new :class:`PurifiedZeroShotClassifier` that shares the backbone and
 copy of the weights, except a float32 backbone copy for ``attack.precision=fp32`` on a half-precision model) and
 wraps its purifiers:
 
-* ``purifier``: purifiers as configured (their own ``purifier.grad_mode``);
+* ``purifier``: purifiers as configured (their own ``purifier.<name>.grad_mode``);
 * ``as_released`` / ``full`` / ``eot``: the purifiers' gradient semantics overridden for the attack only
   (``eot`` uses ``full``; AutoAttack then averages ``eot_samples`` gradients, each forward drawing fresh
   randomness from the view's generator);
@@ -15,13 +15,13 @@ wraps its purifiers:
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 from torch import Tensor
 
-from clipure_lit.config.schema import AttackGradMode, AttackPrecision, GradMode
-from clipure_lit.purifiers.base import IdentityPurifier, Purifier
+from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
+
+from clipure_lit.purifiers.base import GradMode, IdentityPurifier, Purifier
 
 
 class _StraightThroughFn(torch.autograd.Function):
@@ -63,29 +63,6 @@ class StraightThrough(Purifier):
         return {**self.inner.describe(), "attack_wrapper": "bpda_identity"}
 
 
-def with_grad_mode(purifier: Purifier, mode: GradMode) -> Purifier:
-    """The purifier with its gradient semantics set to ``mode``, sharing its weights and buffers.
-
-    Uses the purifier's own ``with_grad_mode(mode)`` when it has one; otherwise, for purifiers that keep a
-    dataclass ``settings`` with a ``grad_mode`` field (the ascent purifiers), a shallow copy with the field
-    replaced (``differentiable`` follows: only ``full`` gives a meaningful gradient). Purifiers without gradient
-    semantics are returned unchanged.
-    """
-    if isinstance(purifier, IdentityPurifier):
-        return purifier
-    hook = getattr(purifier, "with_grad_mode", None)
-    if callable(hook):
-        return hook(mode)
-    settings = getattr(purifier, "settings", None)
-    if settings is None or not dataclasses.is_dataclass(settings) or not hasattr(settings, "grad_mode"):
-        return purifier
-    clone = copy.copy(purifier)
-    clone.settings = dataclasses.replace(settings, grad_mode=mode)
-    if "differentiable" in vars(purifier):
-        clone.differentiable = mode == GradMode.full
-    return clone
-
-
 def wrap_purifier(purifier: Purifier, mode: AttackGradMode) -> Purifier:
     """The purifier as the attack in ``mode`` sees it."""
     mode = AttackGradMode(mode)
@@ -93,7 +70,7 @@ def wrap_purifier(purifier: Purifier, mode: AttackGradMode) -> Purifier:
         return purifier
     if mode == AttackGradMode.bpda_identity:
         return StraightThrough(purifier)
-    return with_grad_mode(purifier, GradMode.as_released if mode == AttackGradMode.as_released else GradMode.full)
+    return purifier.with_grad_mode(GradMode.as_released if mode == AttackGradMode.as_released else GradMode.full)
 
 
 def is_full_precision(module: torch.nn.Module) -> bool:

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from clipure_lit.attacks.spec import SUB_ATTACKS, TRANSFER_SOURCES, AttackSpec
-from clipure_lit.config.schema import AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
+from clipure_lit.attacks.config import AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
 from clipure_lit.errors import ConfigError
 
 # The released CLIPure protocol (reference section 6.1): AutoAttack version='custom' with APGD-CE (5 restarts,
@@ -169,7 +169,7 @@ def attack_config(**values: Any):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from clipure_lit.config.schema import AttackCfg
+    from clipure_lit.attacks.config import AttackCfg
 
     try:
         return OmegaConf.merge(OmegaConf.structured(AttackCfg), OmegaConf.create(values))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from clipure_lit.config.schema import AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
+from clipure_lit.attacks.config import AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
 
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 GRADIENT_FREE = frozenset({"square"})

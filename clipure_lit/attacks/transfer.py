@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from clipure_lit.attacks.gradient_modes import make_view
 from clipure_lit.attacks.spec import TRANSFER_SOURCES
-from clipure_lit.config.schema import AttackGradMode, AttackPrecision
+from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
 from clipure_lit.errors import ConfigError
 
 

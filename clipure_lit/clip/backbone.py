@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipure_lit.config.schema import ClipCfg, Precision
+from clipure_lit.clip.config import ClipCfg, Precision
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.paths import resolve_path
 

@@ -9,6 +9,10 @@ Command-line tokens (the form W&B sweeps emit with ``${args_no_hyphens}``):
 
 ``conf/eval.yaml`` names the default choice of each group. An experiment file may carry a ``defaults:`` mapping
 of group choices and any root-level values; choices given on the command line win over the experiment's.
+
+The purifier section is composed twice: once with every registered purifier's section, to learn the final
+``purifier.latent`` / ``purifier.pixel`` choices, then with only those purifiers' sections, so the saved config
+holds exactly the keys that the run reads. A key of a purifier that is not chosen is an error, not a no-op.
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ from typing import Callable, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from clipure_lit.config.schema import RunCfg
+from clipure_lit.config.schema import RunCfg, purifier_schema
 from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.purifiers.registry import config_sections, get_entry, space_of
+
+# Keys of the former flat purifier section -> where they live now (an error names the new key; nothing is aliased).
+_ASCENT_KEYS = ("num_steps", "step_size", "momentum", "grad_mode", "norm_scope", "batch_size", "diagnostics")
+MOVED_KEYS = {**{f"purifier.{k}": f"purifier.clipure_cos.{k} (CLIPure-Cos) or purifier.clipure_diff.{k} (CLIPure-Diff)"
+                 for k in _ASCENT_KEYS},
+              "purifier.gradient_checkpointing": "purifier.clipure_diff.gradient_checkpointing (CLIPure-Cos has none)",
+              "purifier.diff": "purifier.clipure_diff (e.g. purifier.diff.t_min -> purifier.clipure_diff.t_min, "
+                               "purifier.diff.prior.checkpoint -> purifier.clipure_diff.prior.checkpoint)"}
 
 GROUPS = ("clip", "data", "prompts", "purifier", "attack", "trainer", "logger", "suite", "experiment")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +109,10 @@ def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
         parent = OmegaConf.select(base, parent_key) if parent_key else base
         valid = _describe_keys(parent)
         leaf = full_key.rsplit(".", 1)[-1]
+        moved = MOVED_KEYS.get(full_key)
+        if moved is not None:
+            raise ConfigError(f"Config key '{full_key}' (from {source}) has moved: every purifier's keys now live under "
+                              f"purifier.<purifier name>. Fix: use {moved}.") from None
         close = difflib.get_close_matches(leaf, valid, n=1)
         hint = f" Did you mean '{(parent_key + '.') if parent_key else ''}{close[0]}'?" if close else ""
         raise ConfigError(
@@ -143,29 +160,81 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         choices.update(experiment_body.pop("defaults", None) or {})
     choices.update({k: v for k, v in cli_choices.items() if k != "experiment"})
 
-    cfg = OmegaConf.structured(schema)
+    sources: list[tuple[DictConfig, str]] = []
     for group in GROUPS[:-1]:
         choice = choices.get(group)
-        if choice and group not in cfg:
+        if choice and group not in schema.__dataclass_fields__:
             raise ConfigError(f"Config group '{group}' is not used by {root}.py (choice '{choice}'); remove it.")
         if choice:
-            cfg = _merge(cfg, OmegaConf.create({group: _group_file(group, str(choice), conf_dir)}), f"conf/{group}/{choice}.yaml")
-    cfg = _merge(cfg, root_cfg, f"conf/{root}.yaml")
+            sources.append((OmegaConf.create({group: _group_file(group, str(choice), conf_dir)}), f"conf/{group}/{choice}.yaml"))
+    sources.append((root_cfg, f"conf/{root}.yaml"))
     if experiment_body is not None:
-        cfg = _merge(cfg, experiment_body, f"conf/experiment/{experiment}.yaml")
+        sources.append((experiment_body, f"conf/experiment/{experiment}.yaml"))
     for file in files:
-        cfg = _merge(cfg, _read_yaml(Path(file), "override"), file)
+        sources.append((_read_yaml(Path(file), "override"), file))
     for item in overrides:
         try:
-            dotlist = OmegaConf.from_dotlist([item])
+            sources.append((OmegaConf.from_dotlist([item]), f"command-line override '{item}'"))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"Cannot parse override '{item}': {_first_line(exc)}") from None
-        cfg = _merge(cfg, dotlist, f"command-line override '{item}'")
+
+    if "purifier" not in schema.__dataclass_fields__:
+        cfg = _compose(schema, sources)
+    else:
+        chosen = _purifier_choices(_compose(schema, sources, purifiers=None))
+        _refuse_unread_purifier_keys(sources, chosen)
+        cfg = _compose(schema, sources, purifiers=chosen)
+        cfg.purifier = _picklable_purifier_section(cfg.purifier, chosen)
 
     if validate is None:
         from clipure_lit.config.validate import validate_config as validate
     validate(cfg)
     return cfg
+
+
+def _compose(schema: type, sources: list[tuple[DictConfig, str]], purifiers: list[str] | None = ()) -> DictConfig:
+    """Merge ``sources`` in order into the structured ``schema``; with a purifier section typed by
+    :func:`purifier_schema` for ``purifiers`` (None: every registered purifier; ``()``: the schema has none)."""
+    cfg = OmegaConf.structured(schema)
+    if purifiers != ():
+        cfg.purifier = OmegaConf.structured(purifier_schema(purifiers))
+    for update, source in sources:
+        cfg = _merge(cfg, update, source)
+    return cfg
+
+
+def _purifier_choices(cfg: DictConfig) -> list[str]:
+    """The chosen ``[latent, pixel]`` purifier names, each checked against the registry."""
+    get_entry(cfg.purifier.latent, "latent")
+    get_entry(cfg.purifier.pixel, "pixel")
+    return [cfg.purifier.latent, cfg.purifier.pixel]
+
+
+def _refuse_unread_purifier_keys(sources: list[tuple[DictConfig, str]], chosen: list[str]) -> None:
+    """A ``purifier.<name>.*`` key set by any source for a purifier the run does not use would change nothing:
+    a sweep over it would give identical runs. Refuse it, naming the source."""
+    sections = config_sections()
+    for update, source in sources:
+        node = update.get("purifier") if isinstance(update, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            continue
+        for name in node.keys():
+            if name in sections and name not in chosen:
+                raise ConfigError(
+                    f"Config key 'purifier.{name}' (from {source}) configures the '{name}' purifier, but this run uses "
+                    f"purifier.latent={chosen[0]} and purifier.pixel={chosen[1]}, which do not read it: the value would "
+                    f"change nothing. Fix: select the purifier (purifier={name} or purifier.{space_of(name)}={name}), "
+                    f"or set the key of a chosen purifier ({', '.join(f'purifier.{n}.*' for n in chosen if n in sections) or 'none has keys'}).")
+
+
+def _picklable_purifier_section(node: DictConfig, chosen: list[str]) -> DictConfig:
+    """The composed purifier section without its dynamically made dataclass (which cannot be pickled into
+    DDP-spawned processes): the run-level keys, plus each chosen purifier's section typed by its own dataclass."""
+    out = OmegaConf.create({key: node[key] for key in ("latent", "pixel", "seed")})
+    for name in config_sections(chosen):
+        out[name] = OmegaConf.structured(OmegaConf.to_object(node[name]))
+    OmegaConf.set_struct(out, True)
+    return out
 
 
 def to_yaml(cfg: DictConfig) -> str:

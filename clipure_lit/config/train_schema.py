@@ -14,7 +14,15 @@ from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from clipure_lit.config.schema import ClipCfg, DataCfg, DiffPriorCfg, LoggerCfg, PromptsCfg, TrainerCfg
+from clipure_lit.clip.config import ClipCfg, PromptsCfg
+
+from clipure_lit.config.schema import TrainerCfg
+
+from clipure_lit.data.config import DataCfg
+
+from clipure_lit.loggers import LoggerCfg
+
+from clipure_lit.purifiers.prior import DiffPriorCfg
 from clipure_lit.errors import ConfigError
 
 TRAIN_JOBS = ("clip", "prior", "fare", "tecoa")

@@ -7,7 +7,7 @@ import hashlib
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from clipure_lit.config.schema import DataCfg
+from clipure_lit.data.config import DataCfg
 from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
-from clipure_lit.config.schema import DataCfg
+from clipure_lit.data.config import DataCfg
 from clipure_lit.errors import ConfigError, DataNotFoundError
 
 SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
@@ -244,7 +244,7 @@ def build_dataset(cfg: DataCfg) -> ImageDataset:
 def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     """The evaluated sample ids: from ``ids_file``, else the first N, else N drawn with ``subset_seed``
     (round-robin over classes, so the subset is class-balanced). Independent of the number of processes."""
-    from clipure_lit.config.schema import SubsetMode
+    from clipure_lit.data.config import SubsetMode
     from clipure_lit.utils.paths import resolve_path
 
     n_total = len(dataset)

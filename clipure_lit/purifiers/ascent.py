@@ -1,16 +1,10 @@
 """The normalised-gradient ascent on the unit sphere shared by CLIPure-Cos and CLIPure-Diff.
 
-Released rule (CLIPure, reference section 4.2), for k = 0 .. T-1, with step ``eta``, momentum ``gamma``:
-
-    r = ||z||  (per row),  u = z / r
-    g = d loss / d z                                  (loss: -sum_i cos(z_i, t) for Cos, denoising loss for Diff)
-    g_u = r * g
-    m = gamma * m - (1 - gamma) * g_u / ||g_u||       (Frobenius norm over the batch, or per row)
-    u = normalize(u + eta * m),  z = r * u
-
-so the norm of every embedding is preserved. ``GradMode.as_released`` makes ``g`` a constant for autograd
-(the official code calls ``autograd.grad`` without ``create_graph``); ``GradMode.full`` keeps ``g`` in the graph,
-which gives attacks the exact white-box gradient of the whole loop.
+Released rule (CLIPure, reference section 4.2), for k = 0 .. T-1: :func:`step.sphere_step` with the step
+gradient of the purifier's loss (``-sum_i cos(z_i, t)`` for Cos, the denoising loss for Diff). ``GradMode.as_released``
+makes the step gradient a constant for autograd (the official code calls ``autograd.grad`` without
+``create_graph``); ``GradMode.full`` keeps it in the graph, which gives attacks the exact white-box gradient of the
+whole loop.
 
 Memory: in ``full`` mode each step keeps the graph of its inner gradient (for CLIPure-Diff, the prior's
 activations) until the attack's backward pass, so memory grows linearly in T. With ``gradient_checkpointing`` each
@@ -22,92 +16,72 @@ per step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.config.schema import GradMode, NormScope
-from clipure_lit.purifiers.base import Purifier, Space
+from clipure_lit.errors import ConfigError
+from clipure_lit.purifiers.base import BatchSizeWarning, GradMode, Purifier, PurifierConfig, Space, shallow_copy_with
 from clipure_lit.purifiers.recompute import recompute_in_backward
-
-log = logging.getLogger(__name__)
-
-# Guards the division by ||g_u||; the released code has none (it returns NaN when z is exactly on the anchor).
-_NORM_FLOOR = 1e-30
+from clipure_lit.purifiers.step import NormScope, sphere_step
 
 
-@dataclass(frozen=True)
-class AscentSettings:
-    """The loop's hyper-parameters (``purifier.*`` keys; defaults are the released values)."""
+@dataclass
+class AscentCfg(PurifierConfig):
+    """The loop's keys, shared by every CLIPure purifier's section (defaults: the released values)."""
 
     num_steps: int = 10
     step_size: float = 30.0
     momentum: float = 0.0
     grad_mode: GradMode = GradMode.as_released
+    # Frobenius norm over the batch (released; couples the samples) or one norm per sample.
     norm_scope: NormScope = NormScope.batch
-    batch_size: int | None = None  # the batch size a batch-coupled run is meant for (warn when it differs)
+    # Batch size a norm_scope=batch run is meant for (released: 2); a warning is logged once when it is evaluated
+    # at another batch size. null: no check.
+    batch_size: Optional[int] = None
+    # Record per-step statistics (cosines, losses) in the purifier's ``last_diagnostics``.
     diagnostics: bool = False
-    gradient_checkpointing: bool = True  # full mode only: recompute each step in the backward pass
 
-    @property
+    def validate(self, where: str) -> None:
+        if self.num_steps < 0:
+            raise ConfigError(f"{where}.num_steps={self.num_steps} must be >= 0.")
+        if not self.step_size >= 0.0:
+            raise ConfigError(f"{where}.step_size={self.step_size} must be >= 0.")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"{where}.momentum={self.momentum} must be in [0, 1).")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ConfigError(f"{where}.batch_size={self.batch_size} must be a positive integer or null.")
+
     def checkpoints_steps(self) -> bool:
-        """Whether the loop checkpoints its steps (only ``full`` mode keeps a graph worth recomputing)."""
-        return self.gradient_checkpointing and self.grad_mode == GradMode.full
-
-    @classmethod
-    def from_cfg(cls, cfg: Any) -> "AscentSettings":
-        """From a ``PurifierCfg`` (dataclass or DictConfig)."""
-        return cls(num_steps=int(cfg.num_steps), step_size=float(cfg.step_size), momentum=float(cfg.momentum),
-                   grad_mode=GradMode(cfg.grad_mode), norm_scope=NormScope(cfg.norm_scope),
-                   batch_size=None if cfg.batch_size is None else int(cfg.batch_size), diagnostics=bool(cfg.diagnostics),
-                   gradient_checkpointing=bool(cfg.gradient_checkpointing))
+        """Whether full-gradient steps are recomputed in the backward pass (a ``gradient_checkpointing`` key,
+        declared by the purifiers for which it pays, and ``full`` mode: only it keeps a graph worth recomputing)."""
+        return bool(getattr(self, "gradient_checkpointing", False)) and self.grad_mode == GradMode.full
 
 
-def normalise_direction(g_u: Tensor, scope: NormScope) -> Tensor:
-    """``g_u / ||g_u||``: one Frobenius norm over the whole ``[B, D]`` batch (released, couples the samples)
-    or one L2 norm per row."""
-    if scope == NormScope.batch:
-        return g_u / g_u.norm().clamp_min(_NORM_FLOOR)
-    return g_u / g_u.norm(dim=-1, keepdim=True).clamp_min(_NORM_FLOOR)
-
-
-def ascent_step(z: Tensor, m: Tensor, grad: Tensor, settings: AscentSettings) -> tuple[Tensor, Tensor]:
-    """One step of the rule above from ``z``, ``m`` ``[B, D]`` and ``grad = d loss / d z`` at ``z``: ``(z', m')``."""
-    # r and u are recomputed from z each step, as released, so the autograd path through them is the same.
-    r = z.norm(dim=-1, keepdim=True)  # [B, 1]
-    u = z / r  # [B, D]
-    g_u = r * grad
-    m = settings.momentum * m - (1.0 - settings.momentum) * normalise_direction(g_u, settings.norm_scope)
-    return r * F.normalize(u + settings.step_size * m, dim=-1), m
-
-
-def sphere_ascent(z: Tensor, grad_fn, settings: AscentSettings, diag_fn=None,
-                  recompute: bool = True) -> tuple[Tensor, list[dict[str, Tensor]]]:
+def sphere_ascent(z: Tensor, grad_fn, cfg: AscentCfg, diag_fn=None) -> tuple[Tensor, list[dict[str, Tensor]]]:
     """Run the loop from ``z`` ``[B, D]``.
 
     ``grad_fn(z, in_graph, step)`` returns ``d loss / d z`` ``[B, D]`` at step ``step`` (0-based; the loss is
     *minimised*, so the step goes along ``-g``); with ``in_graph=False`` the result must be detached. It must be a
     function of its arguments (a checkpointed step calls it again in the backward pass). ``diag_fn(z, z0)``, if
-    given and ``settings.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and
-    after every step. ``recompute=False`` ignores ``settings.gradient_checkpointing`` (for losses whose step graph
-    is no larger than the step's inputs). Returns the purified ``[B, D]`` tensor and the diagnostics (a list of
-    dicts, one per record).
+    given and ``cfg.diagnostics`` is on, returns per-sample ``[B]`` statistics recorded before the first and
+    after every step. Returns the purified ``[B, D]`` tensor and the diagnostics (a list of dicts, one per record).
     """
-    in_graph = settings.grad_mode == GradMode.full
+    in_graph = cfg.grad_mode == GradMode.full
 
     def step(k: int, keep_graph: bool, z: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        return ascent_step(z, m, grad_fn(z, keep_graph, k), settings)
+        return sphere_step(z, m, grad_fn(z, keep_graph, k), cfg.step_size, cfg.momentum, cfg.norm_scope)
 
     z0 = z
-    records = [diag_fn(z, z0)] if (settings.diagnostics and diag_fn is not None) else []
+    records = [diag_fn(z, z0)] if (cfg.diagnostics and diag_fn is not None) else []
     m = torch.zeros_like(z)  # [B, D] momentum
-    for k in range(settings.num_steps):
-        if recompute and settings.checkpoints_steps and z.requires_grad:
+    for k in range(cfg.num_steps):
+        if cfg.checkpoints_steps() and z.requires_grad:
             z, m = recompute_in_backward(functools.partial(step, k), z, m)
         else:
             z, m = step(k, in_graph, z, m)
@@ -128,21 +102,24 @@ class AscentPurifier(Purifier):
 
     ``batch_coupled`` follows ``norm_scope`` and ``differentiable`` follows ``grad_mode`` (in ``as_released``
     mode the input gradient is masked: autograd returns ~0, see docs/purifiers.md), so both are set per instance.
+    ``key`` is the purifier's config prefix, named in warnings.
     """
 
     space = Space.latent
     needs_grad = True
-    # Whether full-gradient steps are worth recomputing (``gradient_checkpointing``): False when a step's graph
-    # keeps no more than a few [B, D] tensors, as CLIPure-Cos's closed form does.
-    recompute_steps = True
 
-    def __init__(self, settings: AscentSettings) -> None:
+    def __init__(self, cfg: AscentCfg, key: str) -> None:
         super().__init__()
-        self.settings = settings
-        self.batch_coupled = settings.norm_scope == NormScope.batch
-        self.differentiable = settings.grad_mode == GradMode.full
+        self.cfg = cfg
+        self.batch_coupled = cfg.norm_scope == NormScope.batch
+        self.differentiable = cfg.grad_mode == GradMode.full
         self.last_diagnostics: dict[str, Tensor] = {}
-        self._warned_batch_size = False
+        self.batch_warning = BatchSizeWarning(key)
+
+    def with_grad_mode(self, mode: GradMode) -> "AscentPurifier":
+        """A shallow copy sharing weights and buffers, with ``grad_mode`` replaced (``differentiable`` follows)."""
+        return shallow_copy_with(self, cfg=dataclasses.replace(self.cfg, grad_mode=GradMode(mode)),
+                                 differentiable=GradMode(mode) == GradMode.full)
 
     def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):  # pragma: no cover
         """``grad_fn(z, in_graph, step) -> d loss / d z [B, D]`` for one purification of ``z`` (see
@@ -153,27 +130,22 @@ class AscentPurifier(Purifier):
         """Per-sample statistics ``{name: [B]}``; the base records the cosine to the starting embedding."""
         return {"cos_to_start": F.cosine_similarity(z.detach(), z0.detach(), dim=-1)}
 
-    def _check_batch_size(self, batch: int) -> None:
-        expected = self.settings.batch_size
-        if self.batch_coupled and expected is not None and batch != expected and not self._warned_batch_size:
-            self._warned_batch_size = True
-            log.warning("%s normalises its step over the whole batch (purifier.norm_scope=batch), so its output depends "
-                        "on the batch: it is evaluated at batch size %d but purifier.batch_size=%d. Results are not "
-                        "comparable to a run at %d. Fix: set data.batch_size=%d, or purifier.norm_scope=sample. "
-                        "(Warned once.)", type(self).__name__, batch, expected, expected, expected)
+    def check_batch_size(self, batch: int) -> None:
+        self.batch_warning.check(type(self).__name__, batch, self.cfg.batch_size, self.batch_coupled)
 
     def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``z [B, D]`` -> purified ``[B, D]`` with the same row norms."""
-        self._check_batch_size(z.shape[0])
+        self.check_batch_size(z.shape[0])
         # enable_grad: AutoAttack's clean pass and Lightning's test loop may run under no_grad.
         with torch.enable_grad():
-            out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.settings, self.step_diagnostics,
-                                         recompute=self.recompute_steps)
+            out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.cfg, self.step_diagnostics)
         self.last_diagnostics = stack_records(records)
         return out
 
     def describe(self) -> dict[str, Any]:
-        s = self.settings
-        return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
-                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
-                **({"gradient_checkpointing": s.gradient_checkpointing} if self.recompute_steps else {})}
+        c = self.cfg
+        described = {**super().describe(), "num_steps": c.num_steps, "step_size": c.step_size, "momentum": c.momentum,
+                     "grad_mode": c.grad_mode.value, "norm_scope": c.norm_scope.value}
+        if hasattr(c, "gradient_checkpointing"):
+            described["gradient_checkpointing"] = c.gradient_checkpointing
+        return described

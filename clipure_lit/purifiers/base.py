@@ -8,10 +8,19 @@ come only from the ``generator`` it is given, never from the global RNG that Aut
 ``batch_coupled`` (output i depends on other samples of the batch), whether it is ``differentiable`` (autograd
 gives a meaningful input gradient) and whether it ``needs_grad`` (runs autograd inside its forward, so the test
 loop must not be in inference mode).
+
+Gradient semantics are part of the contract: :meth:`Purifier.with_grad_mode` returns the purifier as an attack
+in a given :class:`GradMode` should differentiate it. The default returns the purifier unchanged (a purifier
+whose gradient is what autograd gives); purifiers with an inner optimisation override it.
+
+A purifier's configuration is a dataclass deriving from :class:`PurifierConfig`, declared in the purifier's own
+module and registered with it; its keys live under ``purifier.<registered name>.*``.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, ClassVar
@@ -19,11 +28,43 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+
 
 class Space(str, Enum):
     pixel = "pixel"
     latent = "latent"
     any = "any"  # works in both spaces (the identity)
+
+
+class GradMode(str, Enum):
+    """Gradient semantics of an optimisation-based purifier.
+
+    ``as_released``: the inner gradient is computed without ``create_graph`` (as in the official code), so each
+    step's direction is a constant for autograd; attacks then see a near-zero input gradient.
+    ``full``: ``create_graph=True``, the exact white-box gradient through every purification step.
+    """
+
+    as_released = "as_released"
+    full = "full"
+
+
+class PurifierConfig:
+    """Base of every purifier's config dataclass (the fields are the ``purifier.<name>.*`` keys).
+
+    Subclasses override the hooks they need; ``where`` is the key prefix (``purifier.<name>``) to name in messages.
+    """
+
+    def validate(self, where: str) -> None:
+        """Raise :class:`~clipure_lit.errors.ConfigError` for a bad value. Runs on every composed config, before
+        anything is built, so it must not need the files or the model."""
+
+    def check_files(self, where: str) -> None:
+        """Raise within seconds, before CLIP is loaded, when a weight file the purifier needs is missing."""
+
+    def weight_files(self, where: str) -> dict[str, str]:
+        """``{key: path or hub id}`` of the weight files this purifier loads (hashed into ``environment.json``)."""
+        return {}
 
 
 class Purifier(nn.Module):
@@ -37,6 +78,13 @@ class Purifier(nn.Module):
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def with_grad_mode(self, mode: GradMode) -> "Purifier":
+        """This purifier as an attack in gradient mode ``mode`` differentiates it, sharing weights and buffers.
+
+        Default: unchanged (autograd through :meth:`forward` is the purifier's gradient in every mode).
+        """
+        return self
 
     def generator_or_fallback(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator:
         """``generator`` when given (the classifier's); otherwise a private stream seeded with ``self.seed`` (for
@@ -55,6 +103,34 @@ class Purifier(nn.Module):
                 "batch_coupled": self.batch_coupled, "differentiable": self.differentiable}
 
 
+def shallow_copy_with(purifier: Purifier, **attributes: Any) -> Purifier:
+    """A shallow copy of ``purifier`` (same weights, buffers and submodules) with ``attributes`` replaced; the
+    implementation of :meth:`Purifier.with_grad_mode` for purifiers whose mode is a plain attribute."""
+    clone = copy.copy(purifier)
+    clone.__dict__.update(attributes)
+    return clone
+
+
+class BatchSizeWarning:
+    """Warns once when a batch-coupled purifier runs at another batch size than the one its config names.
+
+    ``key`` is the config prefix of the purifier (``purifier.clipure_cos``), so the message names the keys to fix.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.warned = False
+
+    def check(self, name: str, batch: int, expected: int | None, coupled: bool) -> None:
+        if not coupled or expected is None or batch == expected or self.warned:
+            return
+        self.warned = True
+        log.warning("%s normalises its step over the whole batch (%s.norm_scope=batch), so its output depends on the "
+                    "batch: it is evaluated at batch size %d but %s.batch_size=%d. Results are not comparable to a run at "
+                    "%d. Fix: set data.batch_size=%d, or %s.norm_scope=sample. (Warned once.)",
+                    name, self.key, batch, self.key, expected, expected, expected, self.key)
+
+
 class IdentityPurifier(Purifier):
     """``x -> x``: the undefended baseline, valid in both spaces."""
 
@@ -64,10 +140,15 @@ class IdentityPurifier(Purifier):
 
 @dataclass
 class BuildContext:
-    """What a purifier factory may use: the resolved run config and the loaded CLIP pieces."""
+    """What a purifier factory may use besides its own config section: the resolved run config, the loaded CLIP
+    pieces and the purifier seed (``purifier.seed``)."""
 
-    cfg: Any  # RunCfg as a DictConfig
+    cfg: Any  # the run config (DictConfig)
     backbone: Any  # ClipBackbone
     tokenizer: Callable
     text_cache: Any  # TextEmbeddingCache
     classnames: list[str]
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.purifier.seed)

@@ -1,45 +1,85 @@
 """CLIPure-Cos: pull the image embedding towards the blank-prompt anchor by ascent on their cosine.
 
 loss(z) = -sum_i cos(z_i, t), with t the blank anchor (mean of the unit text embeddings of the blank prompts).
-Its gradient has the closed form
+Its gradient has the closed form :func:`step.neg_cos_grad`, which is what ``autograd.grad`` of
+``F.cosine_similarity`` returns, at a fraction of the cost. It is detached in ``grad_mode=as_released`` (the
+official code's ``autograd.grad`` without ``create_graph``) and kept in the graph in ``grad_mode=full``.
 
-    d loss / d z_i = -( t_hat / ||z_i||  -  cos(z_i, t) * z_i / ||z_i||^2 ),    t_hat = t / ||t||,
+When an attack differentiates the loop in ``full`` mode, :class:`_CosAscent` supplies its backward in closed form:
+autograd through the loop records ~20 small operations per step and replays them, several percent of an attack
+step on a small CLIP. Its forward runs the loop's own :func:`step.sphere_step` without a graph (bit-identical
+values), keeping ``z_k`` and ``m_k`` (``[B, D]`` each) of every step; its backward applies
+:func:`step.sphere_step_vjp` in reverse. ``tests/purifiers/test_clipure_cos.py`` checks it against autograd through
+the loop in float64, for both norm scopes and with momentum. Only a first-order backward is provided (what attacks
+take).
 
-which is what ``autograd.grad`` of ``F.cosine_similarity`` returns, at a fraction of the cost. It is detached in
-``grad_mode=as_released`` (the official code's ``autograd.grad`` without ``create_graph``) and kept in the graph
-in ``grad_mode=full``. The ascent loop itself is :func:`clipure_lit.purifiers.ascent.sphere_ascent`; when an
-attack differentiates it in ``full`` mode, :mod:`cos_vjp` supplies the loop's backward in closed form.
+Keys: ``purifier.clipure_cos.*`` (:class:`ClipureCosCfg`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.config.schema import GradMode
+from clipure_lit.clip.prompts import blank_prompts, get_templates
+from clipure_lit.clip.zeroshot import build_blank_anchor
 from clipure_lit.errors import ConfigError
-from clipure_lit.purifiers.ascent import AscentPurifier, AscentSettings
-from clipure_lit.purifiers.cos_vjp import cos_ascent_closed_form
-from clipure_lit.purifiers.base import Space
+from clipure_lit.purifiers.ascent import AscentCfg, AscentPurifier
+from clipure_lit.purifiers.base import BuildContext, GradMode, Space
 from clipure_lit.purifiers.registry import register_purifier
+from clipure_lit.purifiers.step import cos_g_u, cos_g_u_vjp, neg_cos_grad, sphere_step, sphere_step_vjp
+
+KEY = "purifier.clipure_cos"
 
 
-def neg_cos_grad(z: Tensor, anchor_unit: Tensor) -> Tensor:
-    """Closed-form ``d/dz [-sum_i cos(z_i, t)]`` for ``z [B, D]`` and a unit anchor ``[D]`` -> ``[B, D]``."""
-    norm = z.norm(dim=-1, keepdim=True)  # [B, 1]
-    cos = (z @ anchor_unit).unsqueeze(-1) / norm  # [B, 1]
-    return -(anchor_unit / norm - cos * z / norm.square())
+@dataclass
+class ClipureCosCfg(AscentCfg):
+    """``purifier.clipure_cos.*``: the ascent loop's keys (released defaults). There is no step checkpointing:
+    a step's graph keeps only a few [B, D] tensors, and the full gradient has a closed form."""
+
+
+class _CosAscent(torch.autograd.Function):
+    """The loop from ``z [B, D]`` with its exact (``full``) input gradient in closed form (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, anchor: Tensor, cfg: ClipureCosCfg) -> Tensor:
+        zs, ms = [], []
+        m = torch.zeros_like(z)  # [B, D]
+        for _ in range(cfg.num_steps):
+            zs.append(z)
+            ms.append(m)
+            z, m = sphere_step(z, m, neg_cos_grad(z, anchor), cfg.step_size, cfg.momentum, cfg.norm_scope)
+        ctx.cfg = cfg
+        ctx.save_for_backward(anchor, *zs, *ms)
+        return z
+
+    @staticmethod
+    def backward(ctx, z_bar: Tensor):
+        c = ctx.cfg
+        anchor, *states = ctx.saved_tensors
+        zs, ms = states[:c.num_steps], states[c.num_steps:]
+        g_u_of, g_u_vjp = cos_g_u(anchor), cos_g_u_vjp(anchor)
+        m_bar = torch.zeros_like(z_bar)
+        for z, m in zip(reversed(zs), reversed(ms)):
+            z_bar, m_bar = sphere_step_vjp(z, m, g_u_of, g_u_vjp, c.step_size, c.momentum, c.norm_scope, z_bar, m_bar)
+        return z_bar, None, None
+
+
+def cos_ascent_closed_form(z: Tensor, anchor_unit: Tensor, cfg: ClipureCosCfg) -> Tensor:
+    """CLIPure-Cos's loop from ``z [B, D]``; differentiable with the exact (``full``) gradient in closed form."""
+    return _CosAscent.apply(z, anchor_unit.to(z.dtype), cfg)
 
 
 class ClipureCos(AscentPurifier):
     """Normalised-gradient ascent of ``cos(z, t_blank)`` on the sphere (see module docstring)."""
 
     stochastic = False
-    recompute_steps = False  # a step's graph is a few [B, D] tensors: recomputing it would save nothing
 
-    def __init__(self, anchor: Tensor, settings: AscentSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, anchor: Tensor, cfg: ClipureCosCfg) -> None:
+        super().__init__(cfg, KEY)
         if anchor.ndim != 1 or not torch.isfinite(anchor).all() or float(anchor.norm()) == 0.0:
             raise ConfigError(f"CLIPure-Cos needs a finite, non-zero blank anchor of shape [D]; got shape "
                               f"{tuple(anchor.shape)} with norm {float(anchor.norm()):.3g}. Check prompts.blank_*.")
@@ -59,13 +99,13 @@ class ClipureCos(AscentPurifier):
 
     def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``z [B, D]`` -> purified ``[B, D]``. When a ``full`` gradient is wanted, the loop's backward is the closed
-        form of :mod:`cos_vjp` (same values and gradient as autograd through the loop, at a fraction of the cost)."""
-        s = self.settings
-        if (s.grad_mode == GradMode.full and s.num_steps > 0 and not s.diagnostics and torch.is_grad_enabled()
+        form of :class:`_CosAscent` (same values and gradient as autograd through the loop, at a fraction of the cost)."""
+        c = self.cfg
+        if (c.grad_mode == GradMode.full and c.num_steps > 0 and not c.diagnostics and torch.is_grad_enabled()
                 and z.requires_grad):
-            self._check_batch_size(z.shape[0])
+            self.check_batch_size(z.shape[0])
             self.last_diagnostics = {}
-            return cos_ascent_closed_form(z, self.anchor, s)
+            return cos_ascent_closed_form(z, self.anchor, c)
         return super().forward(z, generator=generator)
 
     def step_diagnostics(self, z: Tensor, z0: Tensor) -> dict[str, Tensor]:
@@ -76,16 +116,16 @@ class ClipureCos(AscentPurifier):
 def blank_prompt_list(prompts_cfg) -> list[str]:
     """The blank prompts: ``prompts.blank_prompt`` alone when set, else ``prompts.blank_templates`` formatted
     with an empty class name (keeping their double spaces and " ." as released)."""
-    from clipure_lit.clip.prompts import blank_prompts, get_templates
-
     if prompts_cfg.blank_prompt is not None:
         return [str(prompts_cfg.blank_prompt)]
     return blank_prompts(get_templates(prompts_cfg.blank_templates))
 
 
-@register_purifier("clipure_cos", Space.latent, "CLIPure-Cos: ascent on cos(z, blank-prompt anchor)")
-def build_clipure_cos(ctx) -> ClipureCos:
-    from clipure_lit.clip.zeroshot import build_blank_anchor
+def blank_anchor(ctx: BuildContext) -> Tensor:
+    """CLIPure's blank anchor ``[D]`` for the run's prompts (text embeddings from the cache when possible)."""
+    return build_blank_anchor(ctx.backbone, ctx.tokenizer, blank_prompt_list(ctx.cfg.prompts), ctx.text_cache)
 
-    anchor = build_blank_anchor(ctx.backbone, ctx.tokenizer, blank_prompt_list(ctx.cfg.prompts), ctx.text_cache)  # [D]
-    return ClipureCos(anchor, AscentSettings.from_cfg(ctx.cfg.purifier)).to(ctx.backbone.mean.device)
+
+@register_purifier("clipure_cos", Space.latent, ClipureCosCfg, "CLIPure-Cos: ascent on cos(z, blank-prompt anchor)")
+def build_clipure_cos(cfg: ClipureCosCfg, ctx: BuildContext) -> ClipureCos:
+    return ClipureCos(blank_anchor(ctx), cfg).to(ctx.backbone.mean.device)

@@ -7,24 +7,65 @@ The loss is the prior's x0-prediction denoising loss, a one-sample proxy for -lo
     x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
     loss_i = mean_d (net(x_t, t) - x0)^2          (target eps instead of x0 when predict_x_start=false)
 
-averaged over ``diff.n_noise`` fresh (t, eps) draws and over the batch; the step direction is ``-d loss / d z``
+averaged over ``n_noise`` fresh (t, eps) draws and over the batch; the step direction is ``-d loss / d z``
 through the same sphere ascent as CLIPure-Cos. Released: one t for the whole batch, one draw, t in [900, 999].
 All randomness comes from the ``generator`` argument (never the global RNG, which AutoAttack reseeds).
 The loss is computed per sample, so with ``norm_scope=sample`` sample i depends only on z_i and its own draws.
+
+Keys: ``purifier.clipure_diff.*`` (:class:`ClipureDiffCfg`), the prior's architecture and weights under
+``purifier.clipure_diff.prior.*``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clipure_lit.errors import ConfigError
-from clipure_lit.purifiers.ascent import AscentPurifier, AscentSettings
-from clipure_lit.purifiers.base import Space
+from clipure_lit.purifiers.ascent import AscentCfg, AscentPurifier
+from clipure_lit.purifiers.base import BuildContext, Space
+from clipure_lit.purifiers.prior import DiffPriorCfg, load_prior
 from clipure_lit.purifiers.prior_cache import PrefixCache, build_prefix_cache, cached_forward, supports_prefix_cache
 from clipure_lit.purifiers.registry import register_purifier
+from clipure_lit.utils.paths import resolve_path
+
+KEY = "purifier.clipure_diff"
+
+
+@dataclass
+class ClipureDiffCfg(AscentCfg):
+    """``purifier.clipure_diff.*``: the ascent loop's keys, the denoising loss's draws and the prior."""
+
+    # grad_mode=full (or an attack's @full / @eot): recompute each ascent step in the backward pass instead of
+    # keeping its graph. Same gradient; memory flat in num_steps (the prior's activations).
+    gradient_checkpointing: bool = True
+    # Timestep range of the denoising loss (released: uniform in [900, 999], one t per batch).
+    t_min: int = 900
+    t_max: int = 999
+    t_per_sample: bool = False
+    # (t, noise) draws averaged per step (released: 1).
+    n_noise: int = 1
+    prior: DiffPriorCfg = field(default_factory=DiffPriorCfg)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.n_noise < 1:
+            raise ConfigError(f"{where}.n_noise={self.n_noise} must be >= 1 (released: 1).")
+        self.prior.validate(f"{where}.prior")
+        if not 0 <= self.t_min <= self.t_max < self.prior.timesteps:
+            raise ConfigError(f"{where}.t_min={self.t_min} and t_max={self.t_max} must satisfy 0 <= t_min <= t_max < "
+                              f"{where}.prior.timesteps={self.prior.timesteps}.")
+
+    def check_files(self, where: str) -> None:
+        if self.prior.checkpoint is not None:
+            resolve_path(self.prior.checkpoint, f"CLIPure-Diff prior checkpoint ({where}.prior.checkpoint; "
+                                                "docs/purifiers.md, 'Prior checkpoints')")
+
+    def weight_files(self, where: str) -> dict[str, str]:
+        return {f"{where}.prior.checkpoint": self.prior.checkpoint} if self.prior.checkpoint else {}
 
 
 class ClipureDiff(AscentPurifier):
@@ -32,17 +73,16 @@ class ClipureDiff(AscentPurifier):
 
     stochastic = True
 
-    def __init__(self, prior: nn.Module, settings: AscentSettings, t_min: int = 900, t_max: int = 999,
-                 t_per_sample: bool = False, n_noise: int = 1, seed: int = 0) -> None:
-        super().__init__(settings)
+    def __init__(self, prior: nn.Module, cfg: ClipureDiffCfg, seed: int = 0) -> None:
+        super().__init__(cfg, KEY)
         steps = prior.noise_scheduler.num_timesteps
-        if not 0 <= t_min <= t_max < steps:
-            raise ConfigError(f"purifier.diff.t_min={t_min}, t_max={t_max}: need 0 <= t_min <= t_max < {steps} "
+        if not 0 <= cfg.t_min <= cfg.t_max < steps:
+            raise ConfigError(f"{KEY}.t_min={cfg.t_min}, t_max={cfg.t_max}: need 0 <= t_min <= t_max < {steps} "
                               "(the prior's number of timesteps). Fix the range.")
-        if n_noise < 1:
-            raise ConfigError(f"purifier.diff.n_noise={n_noise} must be >= 1.")
+        if cfg.n_noise < 1:
+            raise ConfigError(f"{KEY}.n_noise={cfg.n_noise} must be >= 1.")
         self.prior = prior.eval().requires_grad_(False)
-        self.t_min, self.t_max, self.t_per_sample, self.n_noise = int(t_min), int(t_max), bool(t_per_sample), int(n_noise)
+        self.t_min, self.t_max, self.t_per_sample, self.n_noise = int(cfg.t_min), int(cfg.t_max), bool(cfg.t_per_sample), int(cfg.n_noise)
         self.seed = int(seed)
         self._fallback: torch.Generator | None = None
         self._step_losses: dict[int, Tensor] = {}
@@ -99,7 +139,7 @@ class ClipureDiff(AscentPurifier):
         in the attack's backward pass, possibly after other purifications (EOT), and must see the same draw.
         """
         gen = self.generator_or_fallback(generator, z.device)
-        draws = [self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype) for _ in range(self.settings.num_steps)]
+        draws = [self.draw(z.shape[0], z.shape[1], gen, z.device, z.dtype) for _ in range(self.cfg.num_steps)]
         net = self.prior.net
         prefix = build_prefix_cache(net) if supports_prefix_cache(net) else None  # shared by all T steps
         losses: dict[int, Tensor] = {}  # step -> [B]; a recomputed step writes the same values again
@@ -113,7 +153,7 @@ class ClipureDiff(AscentPurifier):
             z_in = zz if keep else zz.detach().requires_grad_(True)
             per_sample = self.denoising_loss(z_in, t, noise, prefix)  # [n*B]
             (g,) = torch.autograd.grad(per_sample.mean(), z_in, create_graph=keep)  # mean: as released (F.mse_loss)
-            if self.settings.diagnostics:
+            if self.cfg.diagnostics:
                 losses[step] = per_sample.detach().view(self.n_noise, -1).mean(0)  # [B]
             return g
 
@@ -132,18 +172,13 @@ class ClipureDiff(AscentPurifier):
                 "n_noise": self.n_noise, "prior_dim": self.embed_dim}
 
 
-@register_purifier("clipure_diff", Space.latent, "CLIPure-Diff: ascent on a diffusion prior's likelihood proxy")
-def build_clipure_diff(ctx) -> ClipureDiff:
-    from clipure_lit.purifiers.prior import load_prior
-
-    pcfg = ctx.cfg.purifier
-    if pcfg.diff.prior.dim != ctx.backbone.embed_dim:
+@register_purifier("clipure_diff", Space.latent, ClipureDiffCfg, "CLIPure-Diff: ascent on a diffusion prior's likelihood proxy")
+def build_clipure_diff(cfg: ClipureDiffCfg, ctx: BuildContext) -> ClipureDiff:
+    if cfg.prior.dim != ctx.backbone.embed_dim:
         raise ConfigError(
-            f"purifier.diff.prior.dim={pcfg.diff.prior.dim} but the CLIP model clip.arch='{ctx.cfg.clip.arch}' has "
+            f"{KEY}.prior.dim={cfg.prior.dim} but the CLIP model clip.arch='{ctx.cfg.clip.arch}' has "
             f"embed_dim={ctx.backbone.embed_dim}: the prior must model this CLIP's embeddings. Fix: use a prior trained "
-            "on this CLIP (the released one is for ViT-L-14, dim 768) or set purifier.diff.prior.dim to match."
+            f"on this CLIP (the released one is for ViT-L-14, dim 768) or set {KEY}.prior.dim to match."
         )
-    prior = load_prior(pcfg.diff.prior, init_seed=pcfg.seed)
-    d = pcfg.diff
-    return ClipureDiff(prior, AscentSettings.from_cfg(pcfg), t_min=d.t_min, t_max=d.t_max, t_per_sample=d.t_per_sample,
-                       n_noise=d.n_noise, seed=pcfg.seed).to(ctx.backbone.mean.device)
+    prior = load_prior(cfg.prior, init_seed=ctx.seed)
+    return ClipureDiff(prior, cfg, seed=ctx.seed).to(ctx.backbone.mean.device)

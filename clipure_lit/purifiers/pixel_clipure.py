@@ -4,13 +4,14 @@ The ablation "purify in CLIP's latent space vs in pixel space". With f the class
 (resize + normalise + ViT + L2 norm, ``ClipBackbone.encode_image``) and t the blank anchor of CLIPure-Cos:
 
     loss(x) = -sum_i cos(f(x_i), t)                       (the same objective as the latent CLIPure-Cos)
-    g = d loss / d x = J_f(x)^T  dloss/dz                  dloss/dz: clipure_cos.neg_cos_grad (shared closed form)
-    m = gamma * m - (1 - gamma) * g / ||g||                 ascent.normalise_direction on g flattened to [B, 3HW]
+    g = d loss / d x = J_f(x)^T  dloss/dz                  dloss/dz: step.neg_cos_grad (shared closed form)
+    m = gamma * m - (1 - gamma) * g / ||g||                 step.momentum_direction on g flattened to [B, 3HW]
     x = clamp(x0 + clamp(x + eta * m - x0, -eps, eps), 0, 1)
 
-for T steps from x0 = x (no eps: only the [0, 1] box). The step controls are the latent loop's
-(``AscentSettings``: num_steps, step_size, momentum, norm_scope, grad_mode, batch_size, diagnostics,
-gradient_checkpointing: in ``full`` mode each step is recomputed in the backward pass, memory flat in T).
+for T steps from x0 = x (no eps: only the [0, 1] box). The keys are ``purifier.clipure_pixel.*``
+(:class:`ClipurePixelCfg`): the latent loop's step controls (num_steps, step_size, momentum, norm_scope, grad_mode,
+batch_size, diagnostics) with pixel-scale defaults, ``eps``, and ``gradient_checkpointing`` (in ``full`` mode each
+step is recomputed in the backward pass, memory flat in T).
 
 Gradient modes: ``full`` keeps g in the graph (``create_graph=True``, the exact white-box gradient, a
 second-order backward through the encoder); ``as_released`` detaches g as the official code does. Unlike on the
@@ -22,23 +23,45 @@ gradient, so the purifier declares ``differentiable`` only in ``full`` mode.
 from __future__ import annotations
 
 import contextlib
-import logging
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from clipure_lit.config.schema import GradMode, NormScope
 from clipure_lit.errors import ConfigError
-from clipure_lit.purifiers.ascent import AscentSettings, normalise_direction, stack_records
-from clipure_lit.purifiers.base import Purifier, Space
-from clipure_lit.purifiers.clipure_cos import blank_prompt_list, neg_cos_grad
+from clipure_lit.purifiers.ascent import AscentCfg, stack_records
+from clipure_lit.purifiers.base import BatchSizeWarning, BuildContext, GradMode, Purifier, Space, shallow_copy_with
+from clipure_lit.purifiers.clipure_cos import blank_anchor
 from clipure_lit.purifiers.recompute import recompute_in_backward
 from clipure_lit.purifiers.registry import register_purifier
+from clipure_lit.purifiers.step import NormScope, momentum_direction, neg_cos_grad
 
-log = logging.getLogger(__name__)
+KEY = "purifier.clipure_pixel"
+
+
+@dataclass
+class ClipurePixelCfg(AscentCfg):
+    """``purifier.clipure_pixel.*``: CLIPure-Cos's objective ascended in pixel space, x <- proj(x + step_size * m)."""
+
+    # L2 length of one step in [0, 1] pixel units (per sample with norm_scope=sample; shared by the batch's
+    # Frobenius norm with norm_scope=batch).
+    step_size: float = 0.25
+    grad_mode: GradMode = GradMode.full
+    norm_scope: NormScope = NormScope.sample
+    # L-infinity budget around the input, in units of 1/255 (null: only the [0, 1] box).
+    eps: Optional[float] = 8.0
+    # grad_mode=full: recompute each step (a CLIP forward + backward) in the attack's backward pass instead of
+    # keeping its second-order graph. Same gradient; memory flat in num_steps.
+    gradient_checkpointing: bool = True
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.eps is not None and not self.eps >= 0.0:
+            raise ConfigError(f"{where}.eps={self.eps} must be >= 0 (units of 1/255) or null (no budget).")
 
 
 class ClipurePixel(Purifier):
@@ -48,28 +71,33 @@ class ClipurePixel(Purifier):
         encoder: has ``encode_image(x [B, 3, H, W] in [0, 1]) -> unit [B, D]`` (the classifier's backbone). It is
             *not* registered as a submodule: the classifier owns it (no duplicate parameters in state dicts).
         anchor: blank anchor ``[D]`` (only its direction is used).
-        settings: the step controls shared with the latent CLIPure loop.
+        cfg: the ``purifier.clipure_pixel`` keys (its ``eps`` is ignored here: the ``eps`` argument is used).
         eps: L-infinity budget around the input in [0, 1] units (None: only the [0, 1] box).
     """
 
     space = Space.pixel
     needs_grad = True
 
-    def __init__(self, encoder: Any, anchor: Tensor, settings: AscentSettings, eps: float | None = None) -> None:
+    def __init__(self, encoder: Any, anchor: Tensor, cfg: ClipurePixelCfg, eps: float | None = None) -> None:
         super().__init__()
         if anchor.ndim != 1 or not torch.isfinite(anchor).all() or float(anchor.norm()) == 0.0:
             raise ConfigError(f"Pixel CLIPure needs a finite, non-zero blank anchor of shape [D]; got shape "
                               f"{tuple(anchor.shape)} with norm {float(anchor.norm()):.3g}. Check prompts.blank_*.")
         if eps is not None and not eps >= 0.0:
-            raise ConfigError(f"purifier.clipure_pixel.eps={eps} must be >= 0 (in 1/255 units) or null.")
+            raise ConfigError(f"{KEY}.eps={eps} must be >= 0 (in 1/255 units) or null.")
         self.__dict__["encoder"] = encoder  # plain attribute: shared with the classifier, not a submodule
         self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=0))  # [D]
-        self.settings = settings
+        self.cfg = cfg
         self.eps = None if eps is None else float(eps)
-        self.batch_coupled = settings.norm_scope == NormScope.batch
-        self.differentiable = settings.grad_mode == GradMode.full
+        self.batch_coupled = cfg.norm_scope == NormScope.batch
+        self.differentiable = cfg.grad_mode == GradMode.full
         self.last_diagnostics: dict[str, Tensor] = {}
-        self._warned_batch_size = False
+        self.batch_warning = BatchSizeWarning(KEY)
+
+    def with_grad_mode(self, mode: GradMode) -> "ClipurePixel":
+        """A shallow copy sharing the encoder and anchor, with ``grad_mode`` replaced (``differentiable`` follows)."""
+        return shallow_copy_with(self, cfg=dataclasses.replace(self.cfg, grad_mode=GradMode(mode)),
+                                 differentiable=GradMode(mode) == GradMode.full)
 
     def objective_grad(self, x: Tensor, in_graph: bool) -> tuple[Tensor, Tensor]:
         """``(d loss / d x [B, 3, H, W], cos(f(x), t) [B])``; the gradient is detached unless ``in_graph``."""
@@ -90,33 +118,24 @@ class ClipurePixel(Purifier):
             x = x0 + (x - x0).clamp(-self.eps, self.eps)
         return x.clamp(0.0, 1.0)
 
-    def _check_batch_size(self, batch: int) -> None:
-        expected = self.settings.batch_size
-        if self.batch_coupled and expected is not None and batch != expected and not self._warned_batch_size:
-            self._warned_batch_size = True
-            log.warning("Pixel CLIPure normalises its step over the whole batch (purifier.clipure_pixel.norm_scope=batch): "
-                        "it is evaluated at batch size %d but purifier.clipure_pixel.batch_size=%d, so results are not "
-                        "comparable. Fix: data.batch_size=%d, or norm_scope=sample. (Warned once.)", batch, expected, expected)
-
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``x [B, 3, H, W]`` in [0, 1] -> purified ``[B, 3, H, W]`` in [0, 1] (within eps of ``x``)."""
-        s = self.settings
-        self._check_batch_size(x.shape[0])
+        s = self.cfg
+        self.batch_warning.check("Pixel CLIPure", x.shape[0], s.batch_size, self.batch_coupled)
         in_graph = s.grad_mode == GradMode.full
         records: list[dict[str, Tensor]] = []
         x0 = x
 
         def step(keep_graph: bool, x: Tensor, m: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             g, cos = self.objective_grad(x, keep_graph)
-            direction = normalise_direction(g.flatten(1), s.norm_scope).view_as(g)  # [B, 3, H, W]
-            m = s.momentum * m - (1.0 - s.momentum) * direction
+            m = momentum_direction(m.flatten(1), g.flatten(1), s.momentum, s.norm_scope).view_as(g)  # [B, 3, H, W]
             return self.project(x + s.step_size * m, x0), m, cos
 
         with torch.enable_grad():  # AutoAttack's clean pass and Lightning's test loop may run under no_grad
             m = torch.zeros_like(x)  # [B, 3, H, W] momentum
             for _ in range(s.num_steps):
                 before = x
-                if s.checkpoints_steps and x.requires_grad:
+                if s.checkpoints_steps() and x.requires_grad:
                     # Deterministic step: the recomputation in the backward pass gives the same graph.
                     x, m, cos = recompute_in_backward(step, x, m, x0)
                 else:
@@ -131,17 +150,13 @@ class ClipurePixel(Purifier):
         return x
 
     def describe(self) -> dict[str, Any]:
-        s = self.settings
+        s = self.cfg
         return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
                 "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
                 "gradient_checkpointing": s.gradient_checkpointing, "eps_255": None if self.eps is None else round(self.eps * 255.0, 6)}
 
 
-@register_purifier("clipure_pixel", Space.pixel, "CLIPure-Cos objective ascended in pixel space")
-def build_clipure_pixel(ctx) -> ClipurePixel:
-    from clipure_lit.clip.zeroshot import build_blank_anchor
-
-    pcfg = ctx.cfg.purifier.clipure_pixel
-    anchor = build_blank_anchor(ctx.backbone, ctx.tokenizer, blank_prompt_list(ctx.cfg.prompts), ctx.text_cache)  # [D]
-    eps = None if pcfg.eps is None else float(pcfg.eps) / 255.0
-    return ClipurePixel(ctx.backbone, anchor, AscentSettings.from_cfg(pcfg), eps=eps).to(ctx.backbone.mean.device)
+@register_purifier("clipure_pixel", Space.pixel, ClipurePixelCfg, "CLIPure-Cos objective ascended in pixel space")
+def build_clipure_pixel(cfg: ClipurePixelCfg, ctx: BuildContext) -> ClipurePixel:
+    eps = None if cfg.eps is None else float(cfg.eps) / 255.0
+    return ClipurePixel(ctx.backbone, blank_anchor(ctx), cfg, eps=eps).to(ctx.backbone.mean.device)

@@ -24,22 +24,106 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from clipure_lit.config.schema import DiffusionSampler
+from clipure_lit.clip.config import ResizeMode
 from clipure_lit.errors import ConfigError, DataNotFoundError, WeightsUnavailableError
-from clipure_lit.purifiers.base import Purifier, Space
+from clipure_lit.purifiers.base import BuildContext, Purifier, PurifierConfig, Space
 from clipure_lit.purifiers.registry import register_purifier
+from clipure_lit.utils.paths import find_path
 
 log = logging.getLogger(__name__)
 
 _SEED_HIGH = 2**62
+KEY = "purifier.diffpure"
+
+
+class DiffusionSampler(str, Enum):
+    """Reverse process of DiffPure: ``ddpm`` (ancestral, stochastic) or ``ddim`` (deterministic when
+    ``ddim_eta=0``; the forward diffusion to t* is random in both)."""
+
+    ddpm = "ddpm"
+    ddim = "ddim"
+
+
+@dataclass
+class DiffPureUNetCfg:
+    """Architecture of a randomly initialised ``diffusers.UNet2DModel``, used when ``purifier.diffpure.model`` is
+    null (tests and smoke runs only: a random UNet does not denoise). Defaults: a 0.7 M-parameter 32x32 UNet."""
+
+    sample_size: int = 32
+    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    down_block_types: List[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: List[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    # GroupNorm groups; must divide every entry of block_out_channels.
+    norm_num_groups: int = 32
+    # Seed of the random initialisation (the global RNG is neither used nor disturbed).
+    init_seed: int = 0
+
+
+@dataclass
+class DiffPureCfg(PurifierConfig):
+    """Pixel-space diffusion purification (Nie et al. 2022): diffuse the image to t*, denoise back to 0."""
+
+    # A diffusers checkpoint: a hub id (``google/ddpm-cifar10-32``) or a local folder written by
+    # ``save_pretrained``. null: a random UNet built from ``unet`` (tests only; a warning is logged).
+    model: Optional[str] = None
+    # Folder of the UNet inside ``model`` (null: the root if it holds config.json, else ``unet/``).
+    subfolder: Optional[str] = None
+    # Hugging Face cache folder for hub ids (null: the hub's default).
+    cache_dir: Optional[str] = None
+    # Diffusion time t* as a fraction of the training schedule (DiffPure CIFAR-10: 0.1): the image is noised to
+    # timestep round(t_star * T) - 1 and denoised to 0.
+    t_star: float = 0.1
+    # Reverse steps (null: one per noise level, round(t_star * T), DiffPure's full chain). Must divide
+    # round(t_star * T): the chain visits every (round(t_star * T) / num_steps)-th timestep.
+    num_steps: Optional[int] = None
+    sampler: DiffusionSampler = DiffusionSampler.ddpm
+    # DDIM noise weight (0: deterministic reverse process; 1: DDPM-like variance). Ignored by ddpm.
+    ddim_eta: float = 0.0
+    # Clamp the predicted x0 to [-1, 1] at every step (diffusers' default for sampling). false: no clamp, so
+    # the attack gradient is not zeroed where the prediction saturates.
+    clip_sample: bool = False
+    # Take the noise schedule from the checkpoint's scheduler_config.json when it has one; otherwise (and for a
+    # random UNet) the keys below define it.
+    schedule_from_checkpoint: bool = True
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    # Interpolation between the attack resolution and the UNet's sample_size (used only when they differ).
+    resize_mode: ResizeMode = ResizeMode.bilinear
+    # Recompute each reverse step (UNet call + scheduler step) in the backward pass instead of storing its
+    # activations: same gradient, memory per step reduced to one image tensor.
+    gradient_checkpointing: bool = True
+    unet: DiffPureUNetCfg = field(default_factory=DiffPureUNetCfg)
+
+    def validate(self, where: str) -> None:
+        diffusion_timesteps(self.num_train_timesteps, self.t_star, self.num_steps, self.sampler)
+        if not self.ddim_eta >= 0.0:
+            raise ConfigError(f"{where}.ddim_eta={self.ddim_eta} must be >= 0 (0: deterministic DDIM).")
+        u = self.unet
+        levels = {len(u.block_out_channels), len(u.down_block_types), len(u.up_block_types)}
+        if u.sample_size < 8 or len(levels) != 1:
+            raise ConfigError(f"{where}.unet: sample_size={u.sample_size} must be >= 8 and block_out_channels, "
+                              "down_block_types and up_block_types must have one entry per resolution level.")
+
+    def check_files(self, where: str) -> None:
+        if self.model is not None:
+            locate_checkpoint(self.model, self.subfolder, self.cache_dir)
+
+    def weight_files(self, where: str) -> dict[str, str]:
+        return {f"{where}.model": self.model} if self.model else {}
 
 
 def diffusion_timesteps(num_train_timesteps: int, t_star: float, num_steps: int | None,
@@ -92,8 +176,6 @@ def locate_checkpoint(model: str, subfolder: str | None, cache_dir: str | None) 
         DataNotFoundError: neither a local folder nor a cached hub id, with what was tried and the fix.
         WeightsUnavailableError: a hub id that is not cached and cannot be downloaded now.
     """
-    from clipure_lit.utils.paths import find_path
-
     candidates = [subfolder] if subfolder else ["", "unet"]
     found = find_path(model)
     if found is not None:
@@ -307,6 +389,6 @@ def build_diffpure_from_cfg(cfg: Any, seed: int = 0) -> DiffPurePurifier:
                             gradient_checkpointing=cfg.gradient_checkpointing, seed=seed, source=source)
 
 
-@register_purifier("diffpure", Space.pixel, "DiffPure: diffuse to t* and denoise with a diffusers UNet2DModel")
-def build_diffpure(ctx) -> DiffPurePurifier:
-    return build_diffpure_from_cfg(ctx.cfg.purifier.diffpure, seed=ctx.cfg.purifier.seed).to(ctx.backbone.mean.device)
+@register_purifier("diffpure", Space.pixel, DiffPureCfg, "DiffPure: diffuse to t* and denoise with a diffusers UNet2DModel")
+def build_diffpure(cfg: DiffPureCfg, ctx: BuildContext) -> DiffPurePurifier:
+    return build_diffpure_from_cfg(cfg, seed=ctx.seed).to(ctx.backbone.mean.device)

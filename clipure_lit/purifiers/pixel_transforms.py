@@ -16,6 +16,7 @@ returns exactly that (a zero input gradient, connected to the graph so attacks s
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,46 @@ import torch
 from torch import Tensor
 
 from clipure_lit.errors import ConfigError
-from clipure_lit.purifiers.base import Purifier, Space
+from clipure_lit.purifiers.base import BuildContext, Purifier, PurifierConfig, Space
 from clipure_lit.purifiers.registry import register_purifier
+
+
+@dataclass
+class JpegCfg(PurifierConfig):
+    """``purifier.jpeg.*``."""
+
+    # PIL JPEG quality, 1 (worst) .. 95 (PIL's useful maximum); 75 is the usual input-transform baseline.
+    quality: int = 75
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"{where}.quality={self.quality} must be in [1, 100] (75 is the usual baseline).")
+
+
+@dataclass
+class BitDepthCfg(PurifierConfig):
+    """``purifier.bit_depth.*``."""
+
+    # Bits per colour channel kept (1..8): x -> round(x * (2^bits - 1)) / (2^bits - 1).
+    bits: int = 5
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.bits <= 8:
+            raise ConfigError(f"{where}.bits={self.bits} must be in [1, 8].")
+
+
+@dataclass
+class GaussianNoiseCfg(PurifierConfig):
+    """``purifier.gaussian_noise.*``."""
+
+    # Standard deviation of the additive noise in [0, 1] pixel units.
+    sigma: float = 0.05
+    # Clamp the noisy image back to [0, 1] (the purifier contract); false only for analysis.
+    clamp: bool = True
+
+    def validate(self, where: str) -> None:
+        if not self.sigma >= 0.0:
+            raise ConfigError(f"{where}.sigma={self.sigma} must be >= 0 (pixel units).")
 
 
 def _zero_grad_link(out: Tensor, x: Tensor) -> Tensor:
@@ -120,17 +159,16 @@ class GaussianNoisePurifier(Purifier):
         return {**super().describe(), "sigma": self.sigma, "clamp": self.clamp}
 
 
-@register_purifier("jpeg", Space.pixel, "JPEG compression (PIL); non-differentiable: attack with bpda_identity")
-def build_jpeg(ctx) -> JpegPurifier:
-    return JpegPurifier(ctx.cfg.purifier.jpeg.quality)
+@register_purifier("jpeg", Space.pixel, JpegCfg, "JPEG compression (PIL); non-differentiable: attack with bpda_identity")
+def build_jpeg(cfg: JpegCfg, ctx: BuildContext) -> JpegPurifier:
+    return JpegPurifier(cfg.quality)
 
 
-@register_purifier("bit_depth", Space.pixel, "bit-depth reduction; non-differentiable: attack with bpda_identity")
-def build_bit_depth(ctx) -> BitDepthPurifier:
-    return BitDepthPurifier(ctx.cfg.purifier.bit_depth.bits)
+@register_purifier("bit_depth", Space.pixel, BitDepthCfg, "bit-depth reduction; non-differentiable: attack with bpda_identity")
+def build_bit_depth(cfg: BitDepthCfg, ctx: BuildContext) -> BitDepthPurifier:
+    return BitDepthPurifier(cfg.bits)
 
 
-@register_purifier("gaussian_noise", Space.pixel, "additive Gaussian noise (random: attack with eot)")
-def build_gaussian_noise(ctx) -> GaussianNoisePurifier:
-    g = ctx.cfg.purifier.gaussian_noise
-    return GaussianNoisePurifier(g.sigma, g.clamp, seed=ctx.cfg.purifier.seed)
+@register_purifier("gaussian_noise", Space.pixel, GaussianNoiseCfg, "additive Gaussian noise (random: attack with eot)")
+def build_gaussian_noise(cfg: GaussianNoiseCfg, ctx: BuildContext) -> GaussianNoisePurifier:
+    return GaussianNoisePurifier(cfg.sigma, cfg.clamp, seed=ctx.seed)

@@ -1,6 +1,6 @@
 """Build the dalle2_pytorch (1.15.6) ``DiffusionPrior`` of CLIPure-Diff and load its weights.
 
-The architecture comes from ``purifier.diff.prior`` (defaults: the released LAION ViT-L/14 prior, reference
+The architecture comes from ``purifier.clipure_diff.prior`` (:class:`DiffPriorCfg`; defaults: the released LAION ViT-L/14 prior, reference
 section 5.1). The prior is built without a CLIP (``clip=None``): image embeddings come from our own backbone,
 with gradients, instead of dalle2's ``@torch.no_grad()`` adapter.
 
@@ -12,19 +12,63 @@ a CLIP adapter saved with the prior (``clip.*``) are dropped, every other key mu
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.utils.paths import find_path
 
 log = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("ema_model", "model", "state_dict")  # in order of preference
 _DROPPED_PREFIXES = ("clip.",)  # the frozen CLIP adapter some training scripts save inside the prior
 _MAX_LISTED = 8
+_BETA_SCHEDULES = ("cosine", "linear", "quadratic", "jsd", "sigmoid")  # dalle2_pytorch NoiseScheduler
+# Where the checkpoint key lives, named in messages (the prior is configured under CLIPure-Diff's section).
+CHECKPOINT_KEY = "purifier.clipure_diff.prior.checkpoint"
+
+
+@dataclass
+class DiffPriorCfg:
+    """Architecture and weights of the dalle2_pytorch DiffusionPrior used by CLIPure-Diff.
+
+    Defaults are the released LAION ViT-L/14 prior (dim 768, depth 24, 32 heads, 1000 steps, cosine, x0).
+    """
+
+    dim: int = 768
+    depth: int = 24
+    heads: int = 32
+    dim_head: int = 64
+    ff_mult: int = 4
+    normformer: bool = True
+    # Dropout rates are architecture fields only: the prior always runs in eval mode.
+    attn_dropout: float = 0.05
+    ff_dropout: float = 0.05
+    # Number of (null) text-token slots of the network (dalle2 default 256, as released); 1 for small test priors.
+    max_text_len: int = 256
+    timesteps: int = 1000
+    beta_schedule: str = "cosine"
+    predict_x_start: bool = True
+    # Scale applied to unit embeddings before diffusion (null: sqrt(dim), as the prior was trained).
+    image_embed_scale: Optional[float] = None
+    # Path to the prior checkpoint (state dict, or a dict with ``ema_model``/``model``). null: random weights
+    # (only for tests).
+    checkpoint: Optional[str] = None
+
+    def validate(self, where: str) -> None:
+        """Value checks (``where``: the key prefix, e.g. ``purifier.clipure_diff.prior``)."""
+        for key in ("dim", "depth", "heads", "dim_head", "ff_mult", "max_text_len", "timesteps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}={getattr(self, key)} must be >= 1.")
+        if self.beta_schedule not in _BETA_SCHEDULES:
+            raise ConfigError(f"{where}.beta_schedule='{self.beta_schedule}' is not one of {list(_BETA_SCHEDULES)} "
+                              "(released: cosine).")
+        if self.image_embed_scale is not None and not self.image_embed_scale > 0:
+            raise ConfigError(f"{where}.image_embed_scale={self.image_embed_scale} must be > 0, or null for sqrt(dim).")
 
 
 def build_prior(cfg: Any, init_seed: int = 0) -> nn.Module:
@@ -66,7 +110,7 @@ def _read_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled objects other than tensors and containers
         raise ConfigError(
-            f"Could not read the prior checkpoint purifier.diff.prior.checkpoint='{path}' with "
+            f"Could not read the prior checkpoint {CHECKPOINT_KEY}='{path}' with "
             f"torch.load(weights_only=True): {str(exc).splitlines()[0]}. Only tensors and plain containers are "
             "accepted. Fix: re-save the state dict alone (torch.save(ckpt['ema_model'], 'prior_sd.pt')) or as .safetensors."
         ) from None
@@ -92,12 +136,10 @@ def _listed(keys: list[str]) -> str:
 
 def load_prior_weights(prior: nn.Module, path_str: str) -> None:
     """Load ``path_str`` into ``prior`` strictly; a mismatch is a :class:`ConfigError` naming the keys."""
-    from clipure_lit.utils.paths import find_path
-
     path = find_path(path_str)
     if path is None or not path.is_file():
         raise DataNotFoundError(
-            f"Prior checkpoint purifier.diff.prior.checkpoint='{path_str}' not found. Fix: download the LAION "
+            f"Prior checkpoint {CHECKPOINT_KEY}='{path_str}' not found. Fix: download the LAION "
             "ViT-L/14 prior (see docs/purifiers.md, 'Prior checkpoints') and set the key to its path."
         )
     state = extract_state_dict(_read_checkpoint(path), str(path))
@@ -112,9 +154,9 @@ def load_prior_weights(prior: nn.Module, path_str: str) -> None:
                     for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or shapes:
         raise ConfigError(
-            f"Prior checkpoint '{path}' does not match the architecture in purifier.diff.prior "
+            f"Prior checkpoint '{path}' does not match the architecture in purifier.clipure_diff.prior "
             f"(missing keys: {_listed(missing)}; unexpected keys: {_listed(unexpected)}; shape mismatches: "
-            f"{_listed(shapes)}). Fix: set purifier.diff.prior.* (dim, depth, heads, dim_head, max_text_len, "
+            f"{_listed(shapes)}). Fix: set purifier.clipure_diff.prior.* (dim, depth, heads, dim_head, max_text_len, "
             "timesteps) to the values the checkpoint was trained with."
         )
     prior.load_state_dict(state, strict=True)
@@ -125,8 +167,8 @@ def load_prior(cfg: Any, init_seed: int = 0) -> nn.Module:
     is null)."""
     prior = build_prior(cfg, init_seed)
     if cfg.checkpoint is None:
-        log.warning("purifier.diff.prior.checkpoint is null: CLIPure-Diff uses a RANDOMLY INITIALISED prior "
-                    "(fine for tests, meaningless for results).")
+        log.warning("%s is null: CLIPure-Diff uses a RANDOMLY INITIALISED prior "
+                    "(fine for tests, meaningless for results).", CHECKPOINT_KEY)
     else:
         load_prior_weights(prior, str(cfg.checkpoint))
     return prior

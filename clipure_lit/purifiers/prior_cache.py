@@ -9,7 +9,7 @@ the input: their keys and values at every layer are the same for every sample, s
 once per purification and running only the last three tokens through the layers gives the same prediction (up to
 float round-off) for ~``(max_text_len + 4) / 3`` times less work on the released prior. This mirrors
 dalle2_pytorch 1.15.6 (``DiffusionPriorNetwork.forward``, ``CausalTransformer.forward``, ``Attention.forward``);
-``tests/test_purifier_diff.py`` checks it against ``net.forward``, and unsupported variants fall back to it.
+``tests/purifiers/test_clipure_diff.py`` checks it against ``net.forward``, and unsupported variants fall back to it.
 """
 
 from __future__ import annotations

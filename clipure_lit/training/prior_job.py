@@ -3,7 +3,7 @@ prior CLIPure-Diff purifies with.
 
 Embeddings ``z [N, D]`` (unit rows) of the training images are computed once with the frozen backbone and cached
 (``embed_cache``). The prior is built by the purifier's own ``build_prior`` (``clip=None``, text condition always
-dropped, so its state-dict keys are exactly what ``purifier.diff.prior.checkpoint`` loads strictly). Loss, the
+dropped, so its state-dict keys are exactly what ``purifier.clipure_diff.prior.checkpoint`` loads strictly). Loss, the
 prior's own ``p_losses`` (x0 prediction by default; cosine schedule; scale ``s = image_embed_scale = sqrt(D)``):
 
     x0 = s * z,   t ~ U{0, ..., T-1},   eps ~ N(0, I),   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps

@@ -12,7 +12,7 @@ from clipure_lit.attacks.checks import input_grad_norms, logits_of
 from clipure_lit.attacks.execute import ViewCache, run_attack
 from clipure_lit.attacks.gradient_modes import StraightThrough, float32_copy, is_full_precision, make_view
 from clipure_lit.attacks.presets import attack_config, resolve_attacks
-from clipure_lit.config.schema import AttackGradMode, AttackPrecision
+from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
 from clipure_lit.purifiers.base import Purifier, Space
 
 
@@ -104,10 +104,6 @@ def test_float32_copy_of_a_half_backbone():
 # ----------------------------------------------------------------------------------------------- CLIPure-Cos
 @pytest.fixture(scope="module")
 def cos_classifier(tmp_path_factory):
-    from clipure_lit.purifiers import list_purifiers
-
-    if "clipure_cos" not in list_purifiers():
-        pytest.skip("CLIPure-Cos is not registered (clipure_lit.purifiers.list_purifiers() lacks 'clipure_cos')")
     from clipure_lit.config.loader import load_config
     from clipure_lit.runner import build_classifier
 
@@ -128,4 +124,4 @@ def test_full_and_bpda_give_gradients_through_clipure_cos_where_as_released_does
     assert ratio[AttackGradMode.eot] == pytest.approx(ratio[AttackGradMode.full])
     for mode, view in views.items():  # modes change only the backward pass
         assert torch.allclose(logits_of(view, x), logits_of(cos_classifier, x), atol=1e-5), mode
-    assert cos_classifier.latent.settings.grad_mode.value == "as_released"  # the defended model is untouched
+    assert cos_classifier.latent.cfg.grad_mode.value == "as_released"  # the defended model is untouched

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from clipure_lit.config.schema import DataCfg, SubsetMode
+from clipure_lit.data.config import DataCfg, SubsetMode
 from clipure_lit.data.datamodule import ZeroShotDataModule
 from clipure_lit.data.datasets import SUBSET_DIR, build_dataset, select_ids
 from clipure_lit.errors import ConfigError, DataNotFoundError

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipure_lit.config.schema import DiffPureCfg
+from clipure_lit.purifiers.pixel_diffusion import DiffPureCfg
 from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.purifiers.pixel_diffusion import DiffPurePurifier, build_diffpure_from_cfg, diffusion_timesteps
 
@@ -163,8 +163,8 @@ def test_pixel_and_latent_purifier_in_one_classifier(tmp_path_factory):
     from clipure_lit.runner import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"
-    loaded = load_config(["experiment=tiny", "purifier=diffpure_tiny", "purifier.latent=clipure_cos", "purifier.grad_mode=full",
-                          "purifier.norm_scope=sample", "purifier.diffpure.unet.block_out_channels=[16,32]",
+    loaded = load_config(["experiment=tiny", "purifier=diffpure_tiny", "purifier.latent=clipure_cos", "purifier.clipure_cos.grad_mode=full",
+                          "purifier.clipure_cos.norm_scope=sample", "purifier.diffpure.unet.block_out_channels=[16,32]",
                           "purifier.diffpure.unet.norm_num_groups=8", f"prompts.cache_dir={cache}"])
     classifier = build_classifier(loaded, CIFAR10).eval()
     assert isinstance(classifier.pixel, DiffPurePurifier) and isinstance(classifier.latent, ClipureCos)

@@ -63,13 +63,13 @@ def test_prior_job_caches_embeddings_and_exports_a_prior_clipure_diff_loads(tmp_
     from clipure_lit.purifiers.prior import build_prior, load_prior_weights
 
     cfg = load_config(["purifier=clipure_diff_tiny", "clip=tiny_random"])
-    prior = build_prior(cfg.purifier.diff.prior)
+    prior = build_prior(cfg.purifier.clipure_diff.prior)
     load_prior_weights(prior, first["export"])
     saved = load_file(first["export"])
     assert saved["noise_scheduler.alphas_cumprod"].dtype == torch.float32  # the schedule is never rounded to fp16
     assert torch.equal(prior.state_dict()["noise_scheduler.alphas_cumprod"], saved["noise_scheduler.alphas_cumprod"])
-    metrics = eval_script.main(["experiment=tiny", "purifier=clipure_diff_tiny", f"purifier.diff.prior.checkpoint={first['export']}",
-                                "purifier.num_steps=1", "data.num_samples=2", "data.batch_size=2", "logger=none",
+    metrics = eval_script.main(["experiment=tiny", "purifier=clipure_diff_tiny", f"purifier.clipure_diff.prior.checkpoint={first['export']}",
+                                "purifier.clipure_cos.num_steps=1", "data.num_samples=2", "data.batch_size=2", "logger=none",
                                 f"run_dir={tmp_path / 'eval'}", f"prompts.cache_dir={tmp_path / 'text'}",
                                 "trainer.enable_progress_bar=false"])
     assert metrics["clean"]["total"] == 2

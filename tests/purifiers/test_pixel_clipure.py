@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from clipure_lit.config.schema import GradMode, NormScope
-from clipure_lit.purifiers.ascent import AscentSettings
-from clipure_lit.purifiers.pixel_clipure import ClipurePixel
+from clipure_lit.purifiers.base import GradMode
+
+from clipure_lit.purifiers.step import NormScope
+from clipure_lit.purifiers.pixel_clipure import ClipurePixel, ClipurePixelCfg
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,12 +21,8 @@ def _one_thread(one_thread_module):
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.config.schema import ClipCfg
-
-    cfg = OmegaConf.structured(ClipCfg(arch="Tiny-ViT-32px", model_config="conf/model_configs/Tiny-ViT-32px.json", pretrained=None))
-    return load_backbone(cfg)[0]
+def backbone(tiny_clip):
+    return tiny_clip[0]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,7 @@ def anchor():
 
 
 def purifier(backbone, anchor, eps=None, **kw) -> ClipurePixel:
-    return ClipurePixel(backbone, anchor, AscentSettings(**{"step_size": 0.5, "grad_mode": GradMode.full,
+    return ClipurePixel(backbone, anchor, ClipurePixelCfg(**{"step_size": 0.5, "grad_mode": GradMode.full,
                                                              "norm_scope": NormScope.sample, **kw}), eps=eps)
 
 
@@ -86,12 +82,10 @@ def test_contract_flags_and_determinism(backbone, anchor):
 
 
 def test_gradient_modes(backbone, anchor):
-    from clipure_lit.attacks.gradient_modes import with_grad_mode
-
     x = images(2)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     full = purifier(backbone, anchor, num_steps=2, step_size=0.05)
-    released = with_grad_mode(full, GradMode.as_released)
+    released = full.with_grad_mode(GradMode.as_released)
     assert full.differentiable and not released.differentiable and released.anchor is full.anchor
     grads = {}
     for name, p in (("full", full), ("as_released", released)):
@@ -111,7 +105,7 @@ def test_builds_from_config_with_the_cos_anchor(tmp_path):
     classifier = build_classifier(loaded, ["cat", "dog", "ship"])
     pixel = classifier.pixel
     assert isinstance(pixel, ClipurePixel) and pixel.encoder is classifier.backbone
-    assert pixel.describe()["eps_255"] == pytest.approx(8.0) and pixel.settings.step_size == 0.25
+    assert pixel.describe()["eps_255"] == pytest.approx(8.0) and pixel.cfg.step_size == 0.25
     with torch.no_grad():
         assert classifier(images(2)).shape == (2, 3)
 

@@ -38,8 +38,8 @@ def test_every_planned_configuration_validates(path):
 
 def test_cos_sweep_covers_odd_even_released_and_small_steps():
     plan = expand(load_sweep(PROJECT_ROOT / "sweeps" / "cos_step_size_x_steps.yaml"))
-    steps = {p["purifier.num_steps"] for p in plan}
-    sizes = {p["purifier.step_size"] for p in plan}
+    steps = {p["purifier.clipure_cos.num_steps"] for p in plan}
+    sizes = {p["purifier.clipure_cos.step_size"] for p in plan}
     assert {9, 10, 11} <= steps and 30.0 in sizes and min(sizes) <= 1.0
     assert len(plan) == len(steps) * len(sizes)  # a full grid
 
@@ -48,7 +48,7 @@ def test_random_plan_is_seeded():
     spec = load_sweep(PROJECT_ROOT / "sweeps" / "cos_random_search.yaml")
     assert expand(spec, count=4, seed=1) == expand(spec, count=4, seed=1)
     assert expand(spec, count=4, seed=1) != expand(spec, count=4, seed=2)
-    assert all(isinstance(p["purifier.step_size"], float) for p in expand(spec, count=4))
+    assert all(isinstance(p["purifier.clipure_cos.step_size"], float) for p in expand(spec, count=4))
 
 
 def test_bad_sweep_files_are_clear_errors(tmp_path):

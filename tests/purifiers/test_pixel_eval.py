@@ -17,7 +17,7 @@ CASES = {
     "clipure_pixel": (["purifier=clipure_pixel", "purifier.clipure_pixel.num_steps=2"], ["fast", "fast@as_released"],
                       ["ClipurePixel"]),
     "jpeg": (["purifier=jpeg"], ["fast", "fast@bpda_identity"], ["JpegPurifier"]),
-    "pixel+latent": (["purifier=clipure_cos_plus_jpeg", "purifier.norm_scope=sample"], ["fast@bpda_identity", "fast@full"],
+    "pixel+latent": (["purifier=clipure_cos_plus_jpeg", "purifier.clipure_cos.norm_scope=sample"], ["fast@bpda_identity", "fast@full"],
                      ["JpegPurifier", "ClipureCos"]),
 }
 

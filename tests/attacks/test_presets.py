@@ -6,7 +6,7 @@ import pytest
 
 from clipure_lit.attacks.presets import PRESETS, adapt_to_classes, attack_config, resolve_attacks
 from clipure_lit.config.loader import load_config
-from clipure_lit.config.schema import AttackGradMode, AttackNorm, AutoAttackVersion
+from clipure_lit.attacks.config import AttackGradMode, AttackNorm, AutoAttackVersion
 from clipure_lit.errors import ConfigError
 
 
@@ -98,7 +98,7 @@ def test_sweep_style_dotted_overrides():
 def test_presets_are_documented():
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
     for name in PRESETS:
         assert f"`{name}`" in doc
     for mode in AttackGradMode:

@@ -13,9 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipure_lit.config.schema import GradMode, NormScope
-from clipure_lit.purifiers.ascent import AscentSettings
-from clipure_lit.purifiers.clipure_cos import ClipureCos, neg_cos_grad
+from clipure_lit.purifiers.base import GradMode
+
+from clipure_lit.purifiers.step import NormScope
+from clipure_lit.purifiers.clipure_cos import ClipureCos, ClipureCosCfg
+from clipure_lit.purifiers.step import neg_cos_grad
+
+from conftest import tiny_cfg
 
 D = 64
 
@@ -52,30 +56,16 @@ def with_cos(t_unit, cos, n, seed=0):
 
 
 def purifier(anchor, **kw):
-    return ClipureCos(anchor, AscentSettings(**kw))
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone():
-    from omegaconf import OmegaConf
-
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.config.schema import ClipCfg
-
-    cfg = OmegaConf.structured(ClipCfg(arch="Tiny-ViT-32px", model_config="conf/model_configs/Tiny-ViT-32px.json", pretrained=None))
-    return load_backbone(cfg)
+    return ClipureCos(anchor, ClipureCosCfg(**kw))
 
 
 @pytest.fixture()
-def tiny_ctx(tiny_backbone, tmp_path):
-    from omegaconf import OmegaConf
-
+def tiny_ctx(tiny_clip, tmp_path):
     from clipure_lit.clip.zeroshot import TextEmbeddingCache
-    from clipure_lit.config.schema import RunCfg
     from clipure_lit.purifiers import BuildContext
 
-    backbone, tokenizer = tiny_backbone
-    cfg = OmegaConf.structured(RunCfg())
+    backbone, tokenizer = tiny_clip
+    cfg = tiny_cfg("purifier=clipure_cos")
     return BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=TextEmbeddingCache(tmp_path), classnames=[])
 
 
@@ -176,12 +166,13 @@ def test_momentum_changes_the_trajectory(anchor):
 
 
 def test_sample_scope_is_batch_invariant_batch_scope_is_not(anchor):
-    z = F.normalize(torch.randn(4, D), dim=-1)
+    z = F.normalize(torch.randn(4, D, generator=torch.Generator().manual_seed(3)), dim=-1)
     for scope, invariant in ((NormScope.sample, True), (NormScope.batch, False)):
         p = purifier(anchor, norm_scope=scope, step_size=0.5)
         together = p(z)
         alone = torch.cat([p(z[i:i + 1]) for i in range(4)])
-        assert torch.allclose(together, alone, atol=1e-6) == invariant, scope
+        # fp32 round-off of batched vs single-row matmuls reaches ~1e-5 after 10 steps; coupling is an O(0.1) change
+        assert torch.allclose(together, alone, atol=1e-4) == invariant, scope
         assert p.batch_coupled == (not invariant)
 
 
@@ -213,7 +204,7 @@ def test_batch_size_warning_once(anchor, caplog):
         p(z)
         p(z)
         p(z[:2])
-    assert sum("purifier.batch_size=2" in r.getMessage() for r in caplog.records) == 1
+    assert sum("purifier.clipure_cos.batch_size=2" in r.getMessage() for r in caplog.records) == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="clipure_lit.purifiers.ascent"):
         purifier(anchor, batch_size=2, norm_scope=NormScope.sample)(z)  # not coupled: nothing to warn about
@@ -229,8 +220,8 @@ def _pixel_grad(backbone, head, latent, x, y):
     return torch.autograd.grad(F.cross_entropy(logits, y), x)[0]
 
 
-def test_gradient_masking_through_tiny_clip(tiny_backbone):
-    backbone = tiny_backbone[0]
+def test_gradient_masking_through_tiny_clip(tiny_clip):
+    backbone = tiny_clip[0]
     from clipure_lit.clip.zeroshot import ZeroShotHead
 
     gen = torch.Generator().manual_seed(0)

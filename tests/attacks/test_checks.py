@@ -28,11 +28,8 @@ def _raised(findings):
 
 def _tiny(tmp_path_factory, *extra):
     from clipure_lit.config.loader import load_config
-    from clipure_lit.purifiers import list_purifiers
     from clipure_lit.runner import build_classifier
 
-    if "purifier=clipure_cos" in extra and "clipure_cos" not in list_purifiers():
-        pytest.skip("CLIPure-Cos is not registered (clipure_lit.purifiers.list_purifiers() lacks 'clipure_cos')")
     # One text-embedding cache for the session: the zero-shot head and blank anchor are computed once.
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"
     cfg = load_config(["experiment=tiny", f"prompts.cache_dir={cache}", *extra])
@@ -46,7 +43,7 @@ def identity(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cos(tmp_path_factory):
-    return _tiny(tmp_path_factory, "purifier=clipure_cos", "purifier.norm_scope=sample")
+    return _tiny(tmp_path_factory, "purifier=clipure_cos", "purifier.clipure_cos.norm_scope=sample")
 
 
 def _batch():

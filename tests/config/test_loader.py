@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from clipure_lit.config.loader import GROUPS, list_choices, load_config
-from clipure_lit.config.schema import GradMode, NormScope
+from clipure_lit.purifiers.base import GradMode
+from clipure_lit.purifiers.step import NormScope
 from clipure_lit.errors import ConfigError, DataNotFoundError
 
 from conftest import PROJECT_ROOT
@@ -17,9 +18,12 @@ from conftest import PROJECT_ROOT
 def test_defaults_compose_and_match_released_hyperparameters():
     cfg = load_config([])
     assert cfg.clip.arch == "ViT-C10-S4-32px" and cfg.data.name == "array_file"  # offline defaults that ship
-    assert cfg.purifier.num_steps == 10 and cfg.purifier.step_size == 30.0 and cfg.purifier.momentum == 0.0
-    assert cfg.purifier.grad_mode == GradMode.as_released and cfg.purifier.norm_scope == NormScope.batch
-    assert cfg.purifier.diff.t_min == 900 and cfg.purifier.diff.t_max == 999
+    assert dict(cfg.purifier) == {"latent": "identity", "pixel": "identity", "seed": 0}  # no purifier, no sections
+    cos = load_config(["purifier.latent=clipure_cos"]).purifier.clipure_cos  # the module's own defaults
+    assert cos.num_steps == 10 and cos.step_size == 30.0 and cos.momentum == 0.0 and cos.batch_size is None
+    assert cos.grad_mode == GradMode.as_released and cos.norm_scope == NormScope.batch
+    diff = load_config(["purifier.latent=clipure_diff"]).purifier.clipure_diff
+    assert diff.t_min == 900 and diff.t_max == 999 and diff.step_size == 30.0 and diff.prior.dim == 768
     assert cfg.prompts.blank_templates == "openai_imagenet_80"
     assert cfg.trainer.inference_mode is False
 
@@ -33,23 +37,24 @@ def test_group_choice_dotted_override_and_experiment_precedence():
 
 
 def test_yaml_values_are_parsed_from_overrides():
-    cfg = load_config(["trainer.devices=[0,1]", "clip.pretrained=null", "purifier.step_size=10"])
-    assert list(cfg.trainer.devices) == [0, 1] and cfg.clip.pretrained is None and cfg.purifier.step_size == 10.0
+    cfg = load_config(["trainer.devices=[0,1]", "clip.pretrained=null", "purifier=clipure_cos", "purifier.clipure_cos.step_size=10"])
+    assert list(cfg.trainer.devices) == [0, 1] and cfg.clip.pretrained is None and cfg.purifier.clipure_cos.step_size == 10.0
 
 
 def test_yaml_file_argument_merges_at_root(tmp_path):
     override = tmp_path / "o.yaml"
-    override.write_text(yaml.safe_dump({"purifier": {"num_steps": 3}, "seed": 5}))
+    override.write_text(yaml.safe_dump({"purifier": {"latent": "clipure_cos", "clipure_cos": {"num_steps": 3}}, "seed": 5}))
     cfg = load_config([str(override)])
-    assert cfg.purifier.num_steps == 3 and cfg.seed == 5
+    assert cfg.purifier.clipure_cos.num_steps == 3 and cfg.seed == 5
 
 
 @pytest.mark.parametrize(
     "argv, must_mention",
     [
-        (["purifier.step_sizee=3"], ["purifier.step_sizee", "step_size", "Valid keys"]),
-        (["purifier.num_steps=abc"], ["purifier.num_steps", "abc", "Integer"]),
-        (["purifier.grad_mode=fulll"], ["purifier.grad_mode", "fulll", "as_released", "full"]),
+        (["purifier.stepsize=3"], ["purifier.stepsize", "latent", "Valid keys"]),
+        (["purifier=clipure_cos", "purifier.clipure_cos.step_sizee=3"], ["purifier.clipure_cos.step_sizee", "step_size", "Valid keys"]),
+        (["purifier=clipure_cos", "purifier.clipure_cos.num_steps=abc"], ["purifier.clipure_cos.num_steps", "abc", "Integer"]),
+        (["purifier=clipure_cos", "purifier.clipure_cos.grad_mode=fulll"], ["purifier.clipure_cos.grad_mode", "fulll", "as_released", "full"]),
         (["purifier=nope"], ["nope", "purifier", "none"]),
         (["clip=vitb32_openai", "clip.arch=ViT-B-33"], ["ViT-B-33", "ViT-B-32"]),
         (["clip.arch=ViT-B-32"], ["ViT-C10-S4-32px", "clip.model_config=null"]),
@@ -59,7 +64,7 @@ def test_yaml_file_argument_merges_at_root(tmp_path):
         (["purifier.latent=nope"], ["nope", "identity"]),
         (["data.classnames=nope"], ["nope", "imagenet1k"]),
         (["trainer.inference_mode=true", "attack.run=[x]"], ["trainer.inference_mode=false"]),
-        (["purifier.diff.t_max=5000"], ["t_max", "timesteps"]),
+        (["purifier.latent=clipure_diff", "purifier.clipure_diff.t_max=5000"], ["t_max", "timesteps"]),
         (["notakey=1"], ["notakey", "Valid keys"]),
         (["justaword"], ["justaword", "group=choice"]),
     ],

@@ -29,7 +29,7 @@ def _resnet():
 
 
 def _datamodule():
-    from clipure_lit.config.schema import DataCfg, SubsetMode
+    from clipure_lit.data.config import DataCfg, SubsetMode
     from clipure_lit.data.datamodule import ZeroShotDataModule
 
     cfg = DataCfg(name="image_folder", root=str(CIFAR_TEST), num_samples=N_IMAGES, subset=SubsetMode.random,

@@ -7,11 +7,17 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from clipure_lit.config.schema import DiffPriorCfg, GradMode, NormScope, RunCfg
+
+from clipure_lit.purifiers.base import GradMode
+
+from clipure_lit.purifiers.prior import DiffPriorCfg
+
+from clipure_lit.purifiers.step import NormScope
 from clipure_lit.errors import ConfigError, DataNotFoundError
-from clipure_lit.purifiers.ascent import AscentSettings
-from clipure_lit.purifiers.clipure_diff import ClipureDiff
+from clipure_lit.purifiers.clipure_diff import ClipureDiff, ClipureDiffCfg
 from clipure_lit.purifiers.prior import build_prior, load_prior, load_prior_weights
+
+from conftest import tiny_cfg
 
 D = 64
 TINY = dict(dim=D, depth=1, heads=2, dim_head=16, max_text_len=1)
@@ -32,7 +38,7 @@ def prior():
 
 
 def purifier(prior, t_min=900, t_max=999, t_per_sample=False, n_noise=1, **kw):
-    return ClipureDiff(prior, AscentSettings(**kw), t_min=t_min, t_max=t_max, t_per_sample=t_per_sample, n_noise=n_noise)
+    return ClipureDiff(prior, ClipureDiffCfg(t_min=t_min, t_max=t_max, t_per_sample=t_per_sample, n_noise=n_noise, **kw))
 
 
 def gen(seed=0):
@@ -128,12 +134,8 @@ def test_diagnostics_record_loss_and_cos(prior):
     assert torch.isfinite(d["denoise_loss"]).all()
 
 
-def test_pixel_gradient_through_tiny_clip(prior):
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.config.schema import ClipCfg
-
-    backbone, _ = load_backbone(OmegaConf.structured(ClipCfg(arch="Tiny-ViT-32px", pretrained=None,
-                                                             model_config="conf/model_configs/Tiny-ViT-32px.json")))
+def test_pixel_gradient_through_tiny_clip(prior, tiny_clip):
+    backbone = tiny_clip[0]
     head = F.normalize(torch.randn(D, 10, generator=gen(1)), dim=0)
     x, y = torch.rand(1, 3, 32, 32, generator=gen(2)), torch.tensor([4])
 
@@ -193,7 +195,7 @@ def test_mismatched_checkpoint_is_refused_with_the_keys(tmp_path, prior):
 
 
 def test_missing_or_unsafe_checkpoint(tmp_path, prior):
-    with pytest.raises(DataNotFoundError, match="purifier.diff.prior.checkpoint='.*nope.pt' not found"):
+    with pytest.raises(DataNotFoundError, match="purifier.clipure_diff.prior.checkpoint='.*nope.pt' not found"):
         load_prior(prior_cfg(checkpoint=str(tmp_path / "nope.pt")))
     torch.save({"model": prior.state_dict(), "cfg": GradMode}, tmp_path / "pickled.pt")  # a class: not weights-only
     with pytest.raises(ConfigError, match="weights_only=True"):
@@ -208,10 +210,9 @@ def test_factory_checks_prior_dim_against_clip(tmp_path):
         embed_dim = 32
         mean = torch.zeros(1)
 
-    cfg = OmegaConf.structured(RunCfg())
-    cfg.purifier.diff.prior = prior_cfg()
+    cfg = tiny_cfg("purifier=clipure_diff_tiny")
     ctx = BuildContext(cfg=cfg, backbone=FakeBackbone(), tokenizer=None, text_cache=TextEmbeddingCache(tmp_path), classnames=[])
-    with pytest.raises(ConfigError, match=r"purifier.diff.prior.dim=64 .*embed_dim=32"):
+    with pytest.raises(ConfigError, match=r"purifier.clipure_diff.prior.dim=64 .*embed_dim=32"):
         build_purifier("clipure_diff", "latent", ctx)
     FakeBackbone.embed_dim = D
     built = build_purifier("clipure_diff", "latent", ctx)

@@ -9,7 +9,7 @@ import pytest
 import eval as eval_script
 from clipure_lit.clip.prompts import get_classnames, get_templates
 from clipure_lit.config.loader import load_config
-from clipure_lit.config.schema import DataCfg
+from clipure_lit.data.config import DataCfg
 from clipure_lit.data.datasets import build_dataset
 from clipure_lit.errors import DataNotFoundError
 

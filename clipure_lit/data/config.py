@@ -1,0 +1,43 @@
+"""The ``data.*`` config section: which images are evaluated and how they are batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+
+class SubsetMode(str, Enum):
+    """How ``data.num_samples`` images are chosen: the first N in the dataset's canonical order, or N drawn
+    with ``data.subset_seed`` (class-balanced when the dataset exposes its labels)."""
+
+    first = "first"
+    random = "random"
+
+
+@dataclass
+class DataCfg:
+    # Dataset registry name: cifar10, cifar100, imagenet, image_folder, imagenet_sample.
+    name: str = "cifar10"
+    # Where the dataset lives (a torchvision root for CIFAR, the val/ folder for ImageNet, a class-per-folder tree).
+    root: str = "data/cifar10"
+    # Allow torchvision to download CIFAR-10/100 into ``root`` when it is missing.
+    download: bool = True
+    split: str = "test"
+    # Number of evaluated samples (null: all of them).
+    num_samples: Optional[int] = 1000
+    subset: SubsetMode = SubsetMode.first
+    subset_seed: int = 0
+    # A text file with one sample id per line; overrides ``num_samples``/``subset``.
+    ids_file: Optional[str] = None
+    # Attack resolution: images are resized (shorter side) and centre-cropped to this size before the attack.
+    # null: the dataset's native size (32 for CIFAR); ImageNet-style datasets default to 224.
+    image_size: Optional[int] = None
+    # Class names: a set name (``cifar10``, ``imagenet1k``, any CLIP_benchmark dataset), a JSON file
+    # (``path.json`` or ``path.json:key``), or null for the dataset's own.
+    classnames: Optional[str] = None
+    # For data.name=clip_benchmark: the CLIP_benchmark dataset name (``cars``, ``pets``, ``imagenet-r``,
+    # ``wds/vtab/pcam``, ...); its builder loads the data from ``root``.
+    benchmark: Optional[str] = None
+    batch_size: int = 32
+    num_workers: int = 0
