@@ -69,7 +69,7 @@ def test_prior_job_caches_embeddings_and_exports_a_prior_clipure_diff_loads(tmp_
     assert saved["noise_scheduler.alphas_cumprod"].dtype == torch.float32  # the schedule is never rounded to fp16
     assert torch.equal(prior.state_dict()["noise_scheduler.alphas_cumprod"], saved["noise_scheduler.alphas_cumprod"])
     metrics = eval_script.main(["experiment=tiny", "purifier=clipure_diff_tiny", f"purifier.clipure_diff.prior.checkpoint={first['export']}",
-                                "purifier.clipure_cos.num_steps=1", "data.num_samples=2", "data.batch_size=2", "logger=none",
+                                "purifier.clipure_diff.num_steps=1", "data.num_samples=2", "data.batch_size=2", "logger=none",
                                 f"run_dir={tmp_path / 'eval'}", f"prompts.cache_dir={tmp_path / 'text'}",
                                 "trainer.enable_progress_bar=false"])
     assert metrics["clean"]["total"] == 2
