@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
     from clipure_lit import runner, suite
     from clipure_lit.cli import run_cli
-    from clipure_lit.report import format_defences, format_suite, format_summary
+    from clipure_lit.reporting import format_defences, format_suite, format_summary
 
     argv = list(sys.argv[1:] if argv is None else argv)
 

@@ -68,7 +68,7 @@ def format_defences(summary: dict) -> str:
     fired, and one sentence on what the row means."""
     from pathlib import Path
 
-    from clipure_lit.interpret import explain
+    from clipure_lit.reporting.interpret import explain
 
     done = [r for r in summary["rows"] if r.get("status") == "done"]
     undefended = next((r for r in done if all(p.get("class") == "IdentityPurifier" for p in r["results"].get("purifiers", []))), None)

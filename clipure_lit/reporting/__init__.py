@@ -1,0 +1,34 @@
+"""Everything that turns results into text, tables and plots, one module per role.
+
+* ``summary``: the table ``eval.py`` prints for one run, a suite, or a suite of defences;
+* ``ablation``: a group of run folders (a sweep, any runs) -> ``report.csv`` / ``.md``, plots, McNemar comparisons;
+* ``plots``: the PNG of one evaluation;
+* ``interpret``: one plain sentence per evaluated defence.
+
+Importing the package does no work: the public functions below are re-exported lazily from their modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "format_summary": "clipure_lit.reporting.summary",
+    "format_suite": "clipure_lit.reporting.summary",
+    "format_defences": "clipure_lit.reporting.summary",
+    "collect_runs": "clipure_lit.reporting.ablation",
+    "build_report": "clipure_lit.reporting.ablation",
+    "format_report": "clipure_lit.reporting.ablation",
+    "paired_comparisons": "clipure_lit.reporting.ablation",
+    "plot_results": "clipure_lit.reporting.plots",
+    "explain": "clipure_lit.reporting.interpret",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clipure_lit.reporting' has no attribute {name!r}")
