@@ -91,7 +91,7 @@ def test_local_suite_writes_table_skips_missing_and_resumes(tmp_path, caplog):
 
 @needs_shared_cifar
 def test_compare_suites_merges_defences(tmp_path):
-    from clipure_lit.suite import compare_suites
+    from clipure_lit.reporting import compare_suites
 
     entries = "[{data: cifar10_jpeg_shared, templates: cifar10}]"
     for name, extra in (("a", []), ("b", ["clip.init_seed=1"])):

@@ -2,6 +2,7 @@
 
 * ``summary``: the table ``eval.py`` prints for one run, a suite, or a suite of defences;
 * ``ablation``: a group of run folders (a sweep, any runs) -> ``report.csv`` / ``.md``, plots, McNemar comparisons;
+* ``suite_tables``: the dataset x defence tables and plot of a suite, and the merge of several suites;
 * ``plots``: the PNG of one evaluation;
 * ``interpret``: one plain sentence per evaluated defence.
 
@@ -21,6 +22,10 @@ _LAZY = {
     "build_report": "clipure_lit.reporting.ablation",
     "format_report": "clipure_lit.reporting.ablation",
     "paired_comparisons": "clipure_lit.reporting.ablation",
+    "write_tables": "clipure_lit.reporting.suite_tables",
+    "average": "clipure_lit.reporting.suite_tables",
+    "defence_name": "clipure_lit.reporting.suite_tables",
+    "compare_suites": "clipure_lit.reporting.suite_tables",
     "plot_results": "clipure_lit.reporting.plots",
     "explain": "clipure_lit.reporting.interpret",
 }
