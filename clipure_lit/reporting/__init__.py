@@ -1,5 +1,6 @@
 """Everything that turns results into text, tables and plots, one module per role.
 
+* ``format``: the number formatters every table and sentence uses (percentages, intervals, counts, points, ms);
 * ``summary``: the table ``eval.py`` prints for one run, a suite, or a suite of defences;
 * ``ablation``: a group of run folders (a sweep, any runs) -> ``report.csv`` / ``.md``, plots, McNemar comparisons;
 * ``suite_tables``: the dataset x defence tables and plot of a suite, and the merge of several suites;
@@ -15,6 +16,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "pct": "clipure_lit.reporting.format",
+    "pct_entry": "clipure_lit.reporting.format",
+    "pct_ci_counts": "clipure_lit.reporting.format",
+    "points": "clipure_lit.reporting.format",
+    "ms": "clipure_lit.reporting.format",
     "format_summary": "clipure_lit.reporting.summary",
     "format_suite": "clipure_lit.reporting.summary",
     "format_defences": "clipure_lit.reporting.summary",

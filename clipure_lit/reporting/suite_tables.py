@@ -4,12 +4,12 @@ defence, as ``suite.csv``, ``suite.md`` and ``suite.png``; several suite run fol
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig
 
+from clipure_lit.reporting.format import pct
 from clipure_lit.results import read_json
 
 
@@ -25,13 +25,6 @@ def defence_name(cfg: DictConfig) -> str:
     """The column name of a suite run: ``<clip arch>/<pixel purifier>+<latent purifier>`` (``none`` when undefended)."""
     purifiers = "+".join(p for p in (cfg.purifier.pixel, cfg.purifier.latent) if p != "identity") or "none"
     return f"{cfg.clip.arch}/{purifiers}"
-
-
-def _fmt(value, ci=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    text = f"{100 * value:.1f}"
-    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
 def write_tables(out: Path, columns: dict[str, list[dict]]) -> None:
@@ -55,10 +48,10 @@ def write_tables(out: Path, columns: dict[str, list[dict]]) -> None:
             if r.get("status") != "done":
                 cells += [r.get("status", "missing"), ""]
             else:
-                cells += [_fmt(r["clean"], r["clean_ci95"]), _fmt(r["robust"], r["robust_ci95"])]
+                cells += [pct(r["clean"], r["clean_ci95"]), pct(r["robust"], r["robust_ci95"])]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     avgs = [average(rows) for rows in columns.values()]
-    lines.append("| **average (excl. ImageNet)** | " + " | ".join(f"{_fmt(a['clean'])} | {_fmt(a['robust'])}" for a in avgs) + " |")
+    lines.append("| **average (excl. ImageNet)** | " + " | ".join(f"{pct(a['clean'])} | {pct(a['robust'])}" for a in avgs) + " |")
     (out / "suite.md").write_text("\n".join(lines) + "\n")
     _plot(out / "suite.png", datasets, columns, by_key)
 

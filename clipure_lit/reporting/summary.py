@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-
-def _pct(entry: dict) -> str:
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['acc']:6.2f}%  [{100 * lo:5.1f}, {100 * hi:5.1f}]  ({entry['correct']}/{entry['total']})"
+from clipure_lit.reporting.format import ms, pct_ci_counts
 
 
 def _mode(info: dict | None) -> str:
@@ -35,8 +32,8 @@ def format_summary(results: dict) -> str:
     lines = [f"{'metric':<{width}}  {'gradient':<{mwidth}}  accuracy [95% CI]                 time/sample",
              "-" * (width + mwidth + 50)]
     for name, mode, entry, seconds in rows:
-        t = f"{1000 * seconds:8.1f} ms" if seconds is not None else ""
-        lines.append(f"{name:<{width}}  {mode:<{mwidth}}  {_pct(entry):<32}  {t}")
+        t = f"{ms(seconds):>8} ms" if seconds is not None else ""
+        lines.append(f"{name:<{width}}  {mode:<{mwidth}}  {pct_ci_counts(entry):<32}  {t}")
     raised = [flag for flag, value in results.get("flags", {}).items() if value]
     if raised:
         lines.append(f"\nmasking flags raised ({len(raised)}; docs/evaluation.md#flags):")
