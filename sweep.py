@@ -17,7 +17,7 @@ import sys
 def main(argv: list[str] | None = None) -> dict:
     from clipure_lit.errors import ClipureError
     from clipure_lit.sweeping.plan import load_sweep
-    from clipure_lit.sweeping.runner import run_sweep
+    from clipure_lit.sweeping.launcher import run_sweep
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", help="a W&B sweep YAML (method grid or random)")

@@ -52,7 +52,7 @@ def entry_name(entry) -> str:
 def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     """Evaluate every dataset of ``cfg.suite`` in turn; returns (and writes ``suite.json``) the per-dataset rows."""
     from clipure_lit.config.loader import list_choices, load_config, to_yaml
-    from clipure_lit.runner import make_run_dir, run_eval
+    from clipure_lit.evaluation import make_run_dir, run_eval
 
     entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only or e.name in cfg.suite.only]
     unknown = [e.data for e in entries if e.data and e.data not in list_choices("data")]

@@ -29,7 +29,7 @@ def _raised(findings):
 def _tiny(tmp_path_factory, *extra):
     from clipure_lit.config.loader import load_config
     from clipure_lit.purifiers import list_purifiers
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     if "purifier=clipure_cos" in extra and "clipure_cos" not in list_purifiers():
         pytest.skip("CLIPure-Cos is not registered (clipure_lit.purifiers.list_purifiers() lacks 'clipure_cos')")

@@ -109,7 +109,7 @@ def cos_classifier(tmp_path_factory):
     if "clipure_cos" not in list_purifiers():
         pytest.skip("CLIPure-Cos is not registered (clipure_lit.purifiers.list_purifiers() lacks 'clipure_cos')")
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"  # shared by the session's tiny classifiers
     cfg = load_config(["experiment=tiny", "purifier=clipure_cos", f"prompts.cache_dir={cache}"])

@@ -32,7 +32,7 @@ def run_train(cfg: DictConfig) -> dict:
     from clipure_lit.config.loader import to_plain, to_yaml
     from clipure_lit.loggers import build_logger
     from clipure_lit.results import write_json
-    from clipure_lit.runner import environment_info, make_run_dir
+    from clipure_lit.evaluation import environment_info, make_run_dir
     from clipure_lit.training.common import configure_cpu
 
     configure_cpu(cfg.trainer.num_threads)
