@@ -51,8 +51,9 @@ def entry_name(entry) -> str:
 
 def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     """Evaluate every dataset of ``cfg.suite`` in turn; returns (and writes ``suite.json``) the per-dataset rows."""
-    from clipure_lit.config.loader import list_choices, load_config, to_yaml
-    from clipure_lit.evaluation import make_run_dir, run_eval
+    from clipure_lit.config.loader import list_choices, load_config
+    from clipure_lit.evaluation import run_eval
+    from clipure_lit.run_folder import make_run_dir, write_config
 
     entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only or e.name in cfg.suite.only]
     unknown = [e.data for e in entries if e.data and e.data not in list_choices("data")]
@@ -61,7 +62,7 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     if not entries:
         raise ConfigError(f"Suite '{cfg.suite.name}' selects no dataset (suite.only={list(cfg.suite.only)}).")
     out = make_run_dir(cfg)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    write_config(out, cfg)
     rows = []
     for index, entry in enumerate(entries, 1):
         name = entry_name(entry)
