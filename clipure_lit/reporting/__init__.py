@@ -21,6 +21,7 @@ _LAZY = {
     "pct_ci_counts": "clipure_lit.reporting.format",
     "points": "clipure_lit.reporting.format",
     "ms": "clipure_lit.reporting.format",
+    "format_eval": "clipure_lit.reporting.summary",
     "format_summary": "clipure_lit.reporting.summary",
     "format_suite": "clipure_lit.reporting.summary",
     "format_defences": "clipure_lit.reporting.summary",

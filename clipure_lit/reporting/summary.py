@@ -47,6 +47,15 @@ def format_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_eval(metrics: dict) -> str:
+    """What ``eval.py`` prints for the dict an evaluation returns: :func:`format_summary` for one run's results,
+    :func:`format_defences` for a suite of defences (``compare == "defences"``), :func:`format_suite` for a suite
+    of datasets."""
+    if "rows" not in metrics:
+        return format_summary(metrics)
+    return format_defences(metrics) if metrics.get("compare") == "defences" else format_suite(metrics)
+
+
 def format_suite(summary: dict) -> str:
     """The suite's Markdown table plus the skipped datasets and where the files are."""
     from pathlib import Path
