@@ -111,8 +111,8 @@ def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
     for r in runs:
         robust = r.results.get("robust", {})
         t = r.results.get("time_per_sample_s", {}).get("clean")
-        cells = [r.path.name, *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]), *[pct_entry(robust.get(a)) for a in attacks],
-                 ms(t)]
+        cells = [r.path.name, *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]),
+                 *[pct_entry(robust.get(a)) for a in attacks], ms(t)]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 

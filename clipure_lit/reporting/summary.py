@@ -1,11 +1,13 @@
-"""A plain-text summary table of an evaluation's ``results.json``: clean and robust accuracy per attack (with its
-gradient mode and kind), 95% Wilson intervals, time per sample, and the raised masking flags."""
+"""The text ``eval.py`` prints. For one run, a table of its ``results.json``: clean and robust accuracy per attack
+(with its gradient mode and kind), 95% Wilson intervals, time per sample, and the raised masking flags. For a suite,
+its Markdown table; for a suite of defences, each defence's table and one sentence on what it means."""
 
 from __future__ import annotations
 
 import textwrap
 
 from clipure_lit.reporting.format import ms, pct_ci_counts
+from clipure_lit.reporting.interpret import explain
 
 
 def _mode(info: dict | None) -> str:
@@ -73,8 +75,6 @@ def format_defences(summary: dict) -> str:
     """A suite of defences on the same samples: each defence's table (attack by attack), the masking flags that
     fired, and one sentence on what the row means."""
     from pathlib import Path
-
-    from clipure_lit.reporting.interpret import explain
 
     done = [r for r in summary["rows"] if r.get("status") == "done"]
     undefended = next((r for r in done if all(p.get("class") == "IdentityPurifier" for p in r["results"].get("purifiers", []))), None)
