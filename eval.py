@@ -12,21 +12,17 @@ from typing import Sequence
 def main(argv: Sequence[str] | None = None) -> dict:
     """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation (or every dataset of a
     ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
-    from clipure_lit import runner, suite
+    from clipure_lit import evaluation, suite
     from clipure_lit.cli import run_cli
-    from clipure_lit.report import format_defences, format_suite, format_summary
+    from clipure_lit.reporting import format_eval
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def job(cfg) -> dict:
-        return suite.run_suite(cfg, argv) if cfg.suite.name else runner.run_eval(cfg)
+        return suite.run_suite(cfg, argv) if cfg.suite.name else evaluation.run_eval(cfg)
 
-    def report(metrics: dict) -> str:
-        if "rows" not in metrics:
-            return format_summary(metrics)
-        return format_defences(metrics) if metrics.get("compare") == "defences" else format_suite(metrics)
-
-    return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job, report)
+    return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job,
+                   format_eval)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> dict:
     from clipure_lit.errors import ClipureError
+    from clipure_lit.sweeping.launcher import format_sweep, run_sweep
     from clipure_lit.sweeping.plan import load_sweep
-    from clipure_lit.sweeping.runner import run_sweep
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", help="a W&B sweep YAML (method grid or random)")
@@ -39,13 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.dry_run:
-        for name, entry in state.items():
-            print(name, " ".join(entry["command"]))
-        return state
-    failed = [k for k, v in state.items() if v["status"] != "finished"]
-    print(f"sweep folder: {out}; {len(state) - len(failed)} runs finished, {len(failed)} failed {failed if failed else ''}")
-    print(f"report: python report.py {out}    sync to W&B later: wandb sync {out}/*/wandb/offline-run-*")
+    text = format_sweep(state, out, args.dry_run)
+    if text:  # a dry run with nothing left to run prints nothing
+        print(text)
     return state
 
 

@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from clipure_lit.cli import run_cli
     from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
-    from clipure_lit.training.runner import format_train_summary, run_train
+    from clipure_lit.training.dispatch import format_train_summary, run_train
 
     return run_cli(argv, "train.py", "Train a small CLIP, a diffusion prior on its embeddings, or FARE/TeCoA fine-tuning "
                    "(job=clip|prior|fare|tecoa).", run_train, format_train_summary, root="train", schema=TrainRunCfg,

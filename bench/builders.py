@@ -1,4 +1,4 @@
-"""Classifiers for the benchmarks, built by the code ``eval.py`` runs (``runner.load_clip`` / ``build_defended``)."""
+"""Classifiers for the benchmarks, built by the code ``eval.py`` runs (``evaluation.load_clip`` / ``build_defended``)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ class Defences:
     in their purifiers: ``Defences(["clip=cifar10_small"]).build(["purifier=clipure_cos"])``."""
 
     def __init__(self, base: list[str]) -> None:
-        from clipure_lit.runner import load_clip
+        from clipure_lit.evaluation import load_clip
 
         self.base = list(base)
         self.parts = load_clip(load_config(self.base), shipped_classnames())
 
     def build(self, extra: list[str]):
         """The classifier of ``base + extra``, in eval mode."""
-        from clipure_lit.runner import build_defended
+        from clipure_lit.evaluation import build_defended
 
         return build_defended(load_config([*self.base, *extra]), self.parts).eval()

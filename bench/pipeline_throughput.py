@@ -89,7 +89,7 @@ def import_everything() -> float:
     import torch  # noqa: F401
 
     import eval  # noqa: F401
-    from clipure_lit import runner, suite  # noqa: F401
+    from clipure_lit import evaluation, suite  # noqa: F401
     from clipure_lit.models import lit_module  # noqa: F401
     return time.perf_counter() - start
 

@@ -15,8 +15,8 @@ _LAZY = {
     "load_config": "clipure_lit.config.loader",
     "ConfigError": "clipure_lit.errors",
     "ClipureError": "clipure_lit.errors",
-    "run_eval": "clipure_lit.runner",
-    "build_classifier": "clipure_lit.runner",
+    "run_eval": "clipure_lit.evaluation",
+    "build_classifier": "clipure_lit.evaluation",
     "list_purifiers": "clipure_lit.purifiers",
     "build_purifier": "clipure_lit.purifiers",
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipure_lit.suite import compare_suites
+from clipure_lit.reporting import compare_suites
 
 
 def main(argv: list[str] | None = None) -> None:

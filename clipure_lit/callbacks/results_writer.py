@@ -24,7 +24,7 @@ class ResultsWriter(pl.Callback):
         pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
         payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra}
         write_json(self.run_dir / "results.json", payload)
-        from clipure_lit.plots import plot_results
+        from clipure_lit.reporting.plots import plot_results
 
         png = plot_results(payload, self.run_dir / "results.png")
         _log_to_wandb(trainer, self.run_dir / "samples.csv", png)

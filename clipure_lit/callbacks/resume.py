@@ -129,7 +129,8 @@ class ResumableProgress(pl.Callback):
     """Appends each finished batch to ``progress/rank<r>.jsonl`` and restores a previous run's batches.
 
     Must come after every callback that adds columns in ``on_test_batch_end`` (e.g. ``RobustEvalCallback``).
-    Call :func:`prepare_progress` first (the runner does), so a mismatching config fails before any work.
+    Call :func:`prepare_progress` first (``callbacks.build.eval_callbacks`` does), so a mismatching config fails
+    before any work.
     """
 
     def __init__(self, run_dir: str | Path, resume: bool) -> None:

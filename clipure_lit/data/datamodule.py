@@ -14,7 +14,7 @@ from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
 class ZeroShotDataModule(pl.LightningDataModule):
     """Yields batches ``(x [B, 3, H, W] in [0, 1], y [B], sample_id [B])`` of a fixed subset.
 
-    ``setup`` is idempotent, so the runner can build the dataset early (to fail fast on a missing path) and
+    ``setup`` is idempotent, so ``evaluation.run_eval`` can build the dataset early (to fail fast on a missing path) and
     Lightning can call it again.
     """
 

@@ -83,6 +83,16 @@ def section_of(run_cfg: Any, name: str) -> PurifierConfig | None:
     return OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
 
 
+def chosen_sections(run_cfg: Any) -> dict[str, PurifierConfig]:
+    """``{"purifier.<name>": config instance}`` of the run's chosen purifiers (pixel, then latent) that have keys."""
+    sections = {}
+    for name in dict.fromkeys((run_cfg.purifier.pixel, run_cfg.purifier.latent)):
+        section = section_of(run_cfg, name)
+        if section is not None:
+            sections[f"purifier.{name}"] = section
+    return sections
+
+
 def build_purifier(name: str, space: Space | str, ctx: BuildContext) -> Purifier:
     """The purifier ``name`` for ``space``, built from its section of ``ctx.cfg``."""
     entry = get_entry(name, space)

@@ -2,7 +2,7 @@
 
 The file is the one ``wandb sweep`` takes (``program``, ``method``, ``parameters``, ``command``). Grid sweeps are
 enumerated completely; random sweeps draw ``run_cap`` (or ``count``) configurations with a seeded generator, so
-the plan is the same every time it is made. The plan is what the local runner executes and resumes.
+the plan is the same every time it is made. The plan is what the launcher executes and resumes.
 """
 
 from __future__ import annotations

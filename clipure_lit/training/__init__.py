@@ -4,7 +4,7 @@
 * ``prior_job``: a dalle2_pytorch diffusion prior over cached CLIP image embeddings (for CLIPure-Diff);
 * ``adv_job``: FARE / TeCoA adversarial fine-tuning of the image encoder;
 * ``common``, ``data``, ``image_cache``, ``embed_cache``: loop, data and cache helpers;
-* ``runner.run_train``: builds the run folder and dispatches on ``cfg.job``.
+* ``dispatch.run_train``: builds the run folder and dispatches on ``cfg.job``.
 
 Nothing heavy is imported here; each job imports its dependencies when it runs.
 """

@@ -28,7 +28,7 @@ def _raised(findings):
 
 def _tiny(tmp_path_factory, *extra):
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     # One text-embedding cache for the session: the zero-shot head and blank anchor are computed once.
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"

@@ -105,7 +105,7 @@ def test_float32_copy_of_a_half_backbone():
 @pytest.fixture(scope="module")
 def cos_classifier(tmp_path_factory):
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"  # shared by the session's tiny classifiers
     cfg = load_config(["experiment=tiny", "purifier=clipure_cos", f"prompts.cache_dir={cache}"])

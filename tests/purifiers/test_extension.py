@@ -54,7 +54,6 @@ def test_readme_purifier_composes_from_its_yaml_and_validates_its_keys(plugin):
         import mean_blur
         from clipure_lit.config.loader import load_config
         from clipure_lit.errors import ConfigError
-        from clipure_lit.runner import build_classifier
 
         cfg = load_config(["experiment=tiny", "purifier=mean_blur", "purifier.mean_blur.size=5"], conf_dir={str(conf)!r})
         assert cfg.purifier.pixel == "mean_blur" and cfg.purifier.mean_blur.size == 5

@@ -99,7 +99,7 @@ def test_gradient_modes(backbone, anchor):
 
 def test_builds_from_config_with_the_cos_anchor(tmp_path):
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     loaded = load_config(["experiment=tiny", "purifier=clipure_pixel", f"prompts.cache_dir={tmp_path}"])
     classifier = build_classifier(loaded, ["cat", "dog", "ship"])

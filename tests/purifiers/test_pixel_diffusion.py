@@ -160,7 +160,7 @@ def test_config_validation_names_the_key():
 def test_pixel_and_latent_purifier_in_one_classifier(tmp_path_factory):
     from clipure_lit.config.loader import load_config
     from clipure_lit.purifiers.clipure_cos import ClipureCos
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"
     loaded = load_config(["experiment=tiny", "purifier=diffpure_tiny", "purifier.latent=clipure_cos", "purifier.clipure_cos.grad_mode=full",

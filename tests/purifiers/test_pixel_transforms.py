@@ -81,7 +81,7 @@ def test_masking_checks_flag_jpeg_unless_bpda(tmp_path_factory):
     from clipure_lit.attacks.execute import ViewCache
     from clipure_lit.attacks.presets import attack_config, resolve_attacks
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"
     classifier = build_classifier(load_config(["experiment=tiny", "purifier=jpeg", f"prompts.cache_dir={cache}"]), CIFAR10).eval()

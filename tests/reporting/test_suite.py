@@ -91,7 +91,7 @@ def test_local_suite_writes_table_skips_missing_and_resumes(tmp_path, caplog):
 
 @needs_shared_cifar
 def test_compare_suites_merges_defences(tmp_path):
-    from clipure_lit.suite import compare_suites
+    from clipure_lit.reporting import compare_suites
 
     entries = "[{data: cifar10_jpeg_shared, templates: cifar10}]"
     for name, extra in (("a", []), ("b", ["clip.init_seed=1"])):
@@ -127,7 +127,7 @@ def test_suite_of_defences_prints_each_attack_and_a_sentence(tmp_path, capsys):
 
 
 def test_explain_calls_masking_what_it_is():
-    from clipure_lit.interpret import explain
+    from clipure_lit.reporting import explain
 
     entry = lambda acc: {"acc": acc, "ci95": [0, 1], "correct": 0, "total": 10}  # noqa: E731
     results = {"clean": entry(0.9), "purifiers": [{"class": "ClipureCos"}],

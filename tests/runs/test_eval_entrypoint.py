@@ -43,7 +43,7 @@ def test_eval_main_reports_clean_accuracy_and_writes_the_run_folder(tmp_path, ca
 def test_reported_accuracy_matches_an_independent_loop(tmp_path):
     """The Lightning path gives exactly what a plain loop over the same ids gives."""
     from clipure_lit.data.datamodule import ZeroShotDataModule
-    from clipure_lit.runner import build_classifier
+    from clipure_lit.evaluation import build_classifier
 
     argv = tiny_args(tmp_path, "data.num_samples=40")
     metrics = eval_script.main(argv)
@@ -97,7 +97,7 @@ def test_missing_checkpoint_path_is_a_clear_error():
 
 
 def test_main_job_and_tests_share_one_code_path(monkeypatch, tmp_path):
-    """`make run` runs eval.py, whose main() composes the config and hands it to runner.run_eval: the same function
+    """`make run` runs eval.py, whose main() composes the config and hands it to evaluation.run_eval: the same function
     the tests exercise above."""
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     run_recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
@@ -107,11 +107,11 @@ def test_main_job_and_tests_share_one_code_path(monkeypatch, tmp_path):
     assert commands and commands[0].strip() == "make run" and commands[1].strip() == "make test"
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert ci.strip().splitlines()[-1] == "make test"
-    import clipure_lit.runner as runner
+    import clipure_lit.evaluation as evaluation
 
     seen = {}
     empty = {"acc": 0.0, "ci95": [0.0, 1.0], "correct": 0, "total": 0}
-    monkeypatch.setattr(runner, "run_eval", lambda cfg: seen.setdefault("cfg", cfg) and {"clean": empty})
+    monkeypatch.setattr(evaluation, "run_eval", lambda cfg: seen.setdefault("cfg", cfg) and {"clean": empty})
     eval_script.main(["experiment=tiny"])
     assert seen["cfg"].name == "tiny"
 

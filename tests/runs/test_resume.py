@@ -89,7 +89,7 @@ def test_resume_refuses_a_different_config_and_unflagged_reuse(tmp_path, monkeyp
     with pytest.raises(SystemExit):  # eval.py reports ConfigErrors as one paragraph and exits with status 2
         eval_script.main(args + ["resume=true", "data.batch_size=1", "attack.eps=8"])
     from clipure_lit.config.loader import load_config
-    from clipure_lit.runner import run_eval
+    from clipure_lit.evaluation import run_eval
 
     with pytest.raises(ConfigError, match=r"differs in 2 key\(s\): attack.eps: None -> 8.0; data.batch_size: 2 -> 1"):
         run_eval(load_config(args + ["resume=true", "data.batch_size=1", "attack.eps=8"]))

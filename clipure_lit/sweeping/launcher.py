@@ -92,3 +92,13 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str], parallel: int =
             log.info("[%d/%d] %s %s (%.1f s)%s", done, len(todo), run_id(i), state[run_id(i)]["status"], seconds,
                      "" if code == 0 else f": see {out / run_id(i) / 'stdout.log'}")
     return state
+
+
+def format_sweep(state: dict, out: Path | str, dry_run: bool = False) -> str:
+    """What ``sweep.py`` prints: with ``dry_run`` one line per planned run (its id and command); otherwise the
+    finished and failed counts and the commands that report on and sync the sweep folder ``out``."""
+    if dry_run:
+        return "\n".join(f"{name} {' '.join(entry['command'])}" for name, entry in state.items())
+    failed = [k for k, v in state.items() if v["status"] != "finished"]
+    return (f"sweep folder: {out}; {len(state) - len(failed)} runs finished, {len(failed)} failed {failed if failed else ''}\n"
+            f"report: python report.py {out}    sync to W&B later: wandb sync {out}/*/wandb/offline-run-*")

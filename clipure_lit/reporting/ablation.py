@@ -20,6 +20,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from clipure_lit.errors import DataNotFoundError
+from clipure_lit.reporting.format import ms, pct_entry, points
 from clipure_lit.results import read_json
 from clipure_lit.utils.mcnemar import mcnemar_exact
 
@@ -86,13 +87,6 @@ def attack_names(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(name for r in runs for name in r.results.get("robust", {})))
 
 
-def _pct(entry: dict | None) -> str:
-    if not entry:
-        return "-"
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
 def _headline(run: Run) -> float:
     robust = run.results.get("robust", {})
     return (robust.get("worst_case") or run.results["clean"])["acc"]
@@ -117,8 +111,8 @@ def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
     for r in runs:
         robust = r.results.get("robust", {})
         t = r.results.get("time_per_sample_s", {}).get("clean")
-        cells = [r.path.name, *[str(r.config.get(k)) for k in keys], _pct(r.results["clean"]), *[_pct(robust.get(a)) for a in attacks],
-                 f"{1000 * t:.1f}" if t is not None else "-"]
+        cells = [r.path.name, *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]),
+                 *[pct_entry(robust.get(a)) for a in attacks], ms(t)]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -210,7 +204,7 @@ def format_report(summary: dict) -> str:
     lines = [(out / "report.md").read_text().rstrip()]
     for row in summary["paired"]:
         significant = "significant" if row["mcnemar_p"] < 0.05 else "not significant"
-        lines.append(f"{row['run']} vs {row['baseline']}: {100 * row['acc_difference']:+.1f} points on {row['shared_samples']} "
+        lines.append(f"{row['run']} vs {row['baseline']}: {points(row['acc_difference'])} points on {row['shared_samples']} "
                      f"shared samples, McNemar p={row['mcnemar_p']:.3g} ({significant})")
     lines.append(f"report folder: {out} (report.csv, report.md, paired.csv, {len(summary['plots'])} plot(s))")
     return "\n".join(lines)

@@ -1,17 +1,13 @@
 """Build everything a run needs from its config, run ``trainer.test``, and write the run folder.
 
-The run folder holds ``config.yaml`` (fully resolved, written first), ``environment.json`` (package versions, git
-commit, sample-id hash), ``results.json`` (metrics) and ``samples.csv`` (one row per sample), plus the logger's
-files.
+The run folder (its lifecycle is :mod:`clipure_lit.run_folder`) holds ``config.yaml`` (fully resolved, written
+first), ``environment.json`` (package versions, git commit, sample-id hash, weight-file hashes), ``results.json``
+(metrics), ``samples.csv`` (one row per sample) and ``timings.json``, plus the logger's files.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import os
-import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,85 +15,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from clipure_lit.config.loader import to_plain, to_yaml
+from clipure_lit.config.loader import to_plain
+from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.run_folder import checkpoint_hashes, close_logger, make_run_dir, write_config, write_environment
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
-_VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
-              "omegaconf", "clip-benchmark", "diffusers")
-
-
-def make_run_dir(cfg: DictConfig) -> Path:
-    if cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-    else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        run_dir = Path(cfg.output_root) / cfg.name / stamp
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def environment_info() -> dict:
-    from importlib import metadata
-
-    versions = {}
-    for dist in _VERSIONED:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    commit = None
-    try:
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions, "git_commit": commit}
-
-
-def _chosen_sections(cfg: DictConfig) -> dict:
-    """``{key prefix: config dataclass instance}`` of the run's chosen purifiers that have keys."""
-    from clipure_lit.purifiers.registry import section_of
-
-    sections = {}
-    for name in dict.fromkeys((cfg.purifier.pixel, cfg.purifier.latent)):
-        section = section_of(cfg, name)
-        if section is not None:
-            sections[f"purifier.{name}"] = section
-    return sections
-
-
-def checkpoint_hashes(cfg: DictConfig) -> dict:
-    """SHA-256 of every local weight file the run loads (CLIP checkpoint, and each chosen purifier's
-    ``weight_files``: a diffusion prior, a diffusion UNet folder)."""
-    import hashlib
-
-    from clipure_lit.utils.paths import find_path
-
-    candidates = {"clip.pretrained": cfg.clip.pretrained}
-    for where, section in _chosen_sections(cfg).items():
-        candidates.update(section.weight_files(where))
-    out = {}
-    for key, value in candidates.items():
-        path = find_path(value) if value else None
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else [path] if path else []
-        if files:
-            digest = hashlib.sha256()
-            for f in files:
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-            out[key] = {"path": str(path), "sha256": digest.hexdigest()}
-    return out
-
-
 def check_purifier_files(cfg: DictConfig) -> None:
     """Fail within seconds, before CLIP is loaded, when a chosen purifier's weights are missing (each purifier's
     config says which files it needs: ``PurifierConfig.check_files``)."""
-    for where, section in _chosen_sections(cfg).items():
+    for where, section in chosen_sections(cfg).items():
         section.check_files(where)
 
 
@@ -192,13 +121,12 @@ def run_eval(cfg: DictConfig) -> dict:
     timer = PhaseTimer()
     # Attacks and resumption are checked before anything is written to the run folder.
     callbacks = eval_callbacks(cfg, run_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_config(run_dir, cfg)
     with timer.phase("setup_data"):
         datamodule = ZeroShotDataModule(cfg.data)
         datamodule.setup("test")  # fails now, with the path, if the data is missing
-    env = {**environment_info(), "sample_ids_sha256": datamodule.ids_hash(), "num_samples": len(datamodule.sample_ids),
-           "checkpoints": checkpoint_hashes(cfg)}
-    write_json(run_dir / "environment.json", env)
+    env = write_environment(run_dir, sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
+                            checkpoints=checkpoint_hashes(cfg))
 
     classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
     module = ZeroShotLitModule(classifier)
@@ -214,10 +142,7 @@ def run_eval(cfg: DictConfig) -> dict:
             write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
                                                   "note": "wall clock in the launching process; per-sample times of the "
                                                           "test loop's parts are in results.json (time_per_sample_s)"})
-        if logger and type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+        close_logger(logger)
     from clipure_lit.results import read_json
 
     return read_json(run_dir / "results.json")

@@ -29,26 +29,23 @@ def run_train(cfg: DictConfig) -> dict:
     """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``)."""
     import pytorch_lightning as pl
 
-    from clipure_lit.config.loader import to_plain, to_yaml
+    from clipure_lit.config.loader import to_plain
     from clipure_lit.loggers import build_logger
     from clipure_lit.results import write_json
-    from clipure_lit.runner import environment_info, make_run_dir
+    from clipure_lit.run_folder import close_logger, make_run_dir, write_config, write_environment
     from clipure_lit.training.common import configure_cpu
 
     configure_cpu(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    write_json(run_dir / "environment.json", environment_info())
+    write_config(run_dir, cfg)
+    write_environment(run_dir)
     logger = build_logger(cfg, run_dir, to_plain(cfg))
     start = time.perf_counter()
     try:
         metrics = _jobs()[cfg.job](cfg, run_dir, logger)
     finally:
-        if logger and type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+        close_logger(logger)
     metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
     write_json(run_dir / "results.json", metrics)
     return metrics

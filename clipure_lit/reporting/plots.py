@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipure_lit.reporting.format import pct
+
 
 def plot_results(results: dict, path: Path) -> Path:
     """Bar chart of ``results.json``: clean, each attack, worst case; error bars are the Wilson intervals."""
@@ -20,8 +22,8 @@ def plot_results(results: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(entries) + 1.5), 3.8))
     colors = ["tab:gray"] + ["tab:red" if n == "worst_case" else "tab:blue" for n in names[1:]]
     ax.bar(range(len(entries)), accs, yerr=[low, high], capsize=4, color=colors)
-    for i, value in enumerate(accs):
-        ax.text(i, value + 2, f"{value:.1f}", ha="center", fontsize=8)
+    for i, (_, entry) in enumerate(entries):
+        ax.text(i, accs[i] + 2, pct(entry["acc"]), ha="center", fontsize=8)
     ax.set_xticks(range(len(entries)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")

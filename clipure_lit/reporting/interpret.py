@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from clipure_lit.reporting.format import pct, points
+
 _MASKING_FLAGS = ("weak_grad/", "zero_grad/", "nondifferentiable_without_bpda/", "random_without_eot/")
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
 
 
 def _is_undefended(results: dict) -> bool:
@@ -18,11 +16,12 @@ def explain(results: dict, undefended_robust: float | None = None) -> str:
     clean = results["clean"]["acc"]
     robust = results.get("robust", {})
     if not robust:
-        return f"Clean accuracy {_pct(clean)}; no attack was run."
+        return f"Clean accuracy {pct(clean, unit='%')}; no attack was run."
     worst = robust["worst_case"]["acc"]
     flags = {k for k, v in results.get("flags", {}).items() if v}
     if _is_undefended(results):
-        return f"Undefended CLIP: {_pct(worst)} robust ({_pct(clean)} clean): the baseline every defence is measured against."
+        return (f"Undefended CLIP: {pct(worst, unit='%')} robust ({pct(clean, unit='%')} clean): the baseline every defence "
+                "is measured against.")
     masked = sorted({f.split("/", 1)[1] for f in flags if f.startswith(_MASKING_FLAGS)})
     per_attack = {name: entry["acc"] for name, entry in robust.items() if name != "worst_case"}
     parts = []
@@ -30,18 +29,18 @@ def explain(results: dict, undefended_robust: float | None = None) -> str:
         shown = max(per_attack.get(a, 0.0) for a in masked)
         strongest = min(per_attack, key=per_attack.get)
         if shown - worst >= 0.05:
-            parts.append(f"the attack gradient is masked ({', '.join(masked)}: {_pct(shown)}), but {strongest} brings it to "
-                         f"{_pct(worst)}, so the higher number is gradient masking, not robustness")
+            parts.append(f"the attack gradient is masked ({', '.join(masked)}: {pct(shown, unit='%')}), but {strongest} brings it "
+                         f"to {pct(worst, unit='%')}, so the higher number is gradient masking, not robustness")
         else:
-            parts.append(f"the gradient of {', '.join(masked)} is masked, yet the attacks still reach {_pct(worst)}")
+            parts.append(f"the gradient of {', '.join(masked)} is masked, yet the attacks still reach {pct(worst, unit='%')}")
     elif "robust_near_clean" in flags:
-        parts.append(f"robust accuracy {_pct(worst)} stays near clean accuracy {_pct(clean)} under every attack run here; "
-                     "check the flags and raise attack.n_iter before calling it robust")
+        parts.append(f"robust accuracy {pct(worst, unit='%')} stays near clean accuracy {pct(clean, unit='%')} under every attack "
+                     "run here; check the flags and raise attack.n_iter before calling it robust")
     else:
-        parts.append(f"worst case over the attacks {_pct(worst)} ({_pct(clean)} clean)")
+        parts.append(f"worst case over the attacks {pct(worst, unit='%')} ({pct(clean, unit='%')} clean)")
     if undefended_robust is not None:
         gain = worst - undefended_robust
-        parts.append(f"{'+' if gain >= 0 else ''}{100 * gain:.1f} points over undefended CLIP")
+        parts.append(f"{points(gain)} points over undefended CLIP")
     if "batch_dependent" in flags:
         parts.append("its predictions depend on the other images in the batch")
     text = "; ".join(parts)

@@ -1,14 +1,13 @@
-"""A plain-text summary table of an evaluation's ``results.json``: clean and robust accuracy per attack (with its
-gradient mode and kind), 95% Wilson intervals, time per sample, and the raised masking flags."""
+"""The text ``eval.py`` prints. For one run, a table of its ``results.json``: clean and robust accuracy per attack
+(with its gradient mode and kind), 95% Wilson intervals, time per sample, and the raised masking flags. For a suite,
+its Markdown table; for a suite of defences, each defence's table and one sentence on what it means."""
 
 from __future__ import annotations
 
 import textwrap
 
-
-def _pct(entry: dict) -> str:
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['acc']:6.2f}%  [{100 * lo:5.1f}, {100 * hi:5.1f}]  ({entry['correct']}/{entry['total']})"
+from clipure_lit.reporting.format import ms, pct_ci_counts
+from clipure_lit.reporting.interpret import explain
 
 
 def _mode(info: dict | None) -> str:
@@ -35,8 +34,8 @@ def format_summary(results: dict) -> str:
     lines = [f"{'metric':<{width}}  {'gradient':<{mwidth}}  accuracy [95% CI]                 time/sample",
              "-" * (width + mwidth + 50)]
     for name, mode, entry, seconds in rows:
-        t = f"{1000 * seconds:8.1f} ms" if seconds is not None else ""
-        lines.append(f"{name:<{width}}  {mode:<{mwidth}}  {_pct(entry):<32}  {t}")
+        t = f"{ms(seconds):>8} ms" if seconds is not None else ""
+        lines.append(f"{name:<{width}}  {mode:<{mwidth}}  {pct_ci_counts(entry):<32}  {t}")
     raised = [flag for flag, value in results.get("flags", {}).items() if value]
     if raised:
         lines.append(f"\nmasking flags raised ({len(raised)}; docs/evaluation.md#flags):")
@@ -48,6 +47,15 @@ def format_summary(results: dict) -> str:
         lines.append(f"\nmasking flags: none raised ({len(results['flags'])} checked)")
     lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml)")
     return "\n".join(lines)
+
+
+def format_eval(metrics: dict) -> str:
+    """What ``eval.py`` prints for the dict an evaluation returns: :func:`format_summary` for one run's results,
+    :func:`format_defences` for a suite of defences (``compare == "defences"``), :func:`format_suite` for a suite
+    of datasets."""
+    if "rows" not in metrics:
+        return format_summary(metrics)
+    return format_defences(metrics) if metrics.get("compare") == "defences" else format_suite(metrics)
 
 
 def format_suite(summary: dict) -> str:
@@ -67,8 +75,6 @@ def format_defences(summary: dict) -> str:
     """A suite of defences on the same samples: each defence's table (attack by attack), the masking flags that
     fired, and one sentence on what the row means."""
     from pathlib import Path
-
-    from clipure_lit.interpret import explain
 
     done = [r for r in summary["rows"] if r.get("status") == "done"]
     undefended = next((r for r in done if all(p.get("class") == "IdentityPurifier" for p in r["results"].get("purifiers", []))), None)
