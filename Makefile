@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-all bench clean
+.PHONY: install run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 ## The default test suite (no downloads, no GPU).
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+
+## The inner loop: unit and contract tests, no whole jobs (under a minute on 2 CPU cores).
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x -m "not slow and not e2e" $(ARGS)
 
 ## The benchmark suite (quick profile, under 10 minutes on 2 CPU cores): prints a table of ratios against their
 ## goals, writes bench/results/*.json and rewrites BENCHMARKS.md. make bench ARGS="--profile full" for the paper's sizes.

@@ -12,6 +12,8 @@ import torch
 
 from conftest import CIFAR_TEST, needs_shared_cifar
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 N_IMAGES, BATCH = 32, 16
 SETTINGS = dict(eps=1.0, n_iter=4, n_restarts=1, n_target_classes=1)  # eps in 1/255
 

@@ -21,6 +21,8 @@ from clipure_lit.models.lit_module import ZeroShotLitModule
 
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 FAST = ["attack.run=[fast,fast@bpda_identity,transfer_clip,square]", "attack.entries.fast.base=apgd_ce", "attack.n_iter=2",
         "attack.n_queries=10", "attack.entries.aa_clipure.n_restarts=1", "attack.entries.aa_clipure.n_target_classes=2",
         "attack.eps=16", "trainer.num_threads=1"]

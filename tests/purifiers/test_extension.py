@@ -17,6 +17,8 @@ import pytest
 
 from conftest import PROJECT_ROOT, needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 
 def readme_block(language: str, first_line: str) -> str:
     """The README code block in ``language`` whose first line is ``first_line`` (without that line)."""

@@ -8,6 +8,8 @@ import pytest
 import eval as eval_script
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 FAST = ["data.num_samples=4", "data.batch_size=4", "attack.entries.fast.base=apgd_ce", "attack.n_iter=1", "attack.eps=16",
         "attack.eot_samples=2", "trainer.num_threads=1"]
 

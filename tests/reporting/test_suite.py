@@ -15,6 +15,8 @@ from clipure_lit.errors import DataNotFoundError
 
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 ZEROSHOT13 = ["cifar10", "cifar100", "stl10", "cars", "caltech101", "pets", "flowers", "dtd", "eurosat", "fgvc_aircraft",
               "pcam", "imagenet-r", "imagenet_sketch"]
 

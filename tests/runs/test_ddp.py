@@ -12,6 +12,8 @@ import eval as eval_script
 
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 # attack.batch_size=1 makes every attack result a per-sample function (batches differ between 1 and 2 processes).
 ARGS = ["data.num_samples=7", "data.batch_size=2", "attack.run=[fast,square]", "attack.entries.fast.base=apgd_ce",
         "attack.n_iter=2", "attack.n_queries=5", "attack.eps=1", "attack.batch_size=1", "trainer.num_threads=1"]

@@ -15,6 +15,8 @@ from clipure_lit.errors import DataNotFoundError, WeightsUnavailableError
 
 from conftest import PROJECT_ROOT, needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 
 @needs_shared_cifar
 def test_eval_main_reports_clean_accuracy_and_writes_the_run_folder(tmp_path, capsys):

@@ -8,6 +8,8 @@ import eval as eval_script
 
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 
 def _without_logger(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith("logger=")]

@@ -13,6 +13,8 @@ from clipure_lit.errors import ConfigError
 
 from conftest import needs_shared_cifar, tiny_args
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 ATTACKS = ["attack.run=[fast,transfer_clip]", "attack.entries.fast.base=apgd_ce", "attack.n_iter=2", "attack.eps=1",
            "attack.entries.aa_clipure.n_restarts=1", "attack.entries.aa_clipure.n_target_classes=2", "trainer.num_threads=1"]
 

@@ -15,6 +15,8 @@ from clipure_lit.sweeping.plan import command_args, expand, load_sweep
 
 from conftest import PROJECT_ROOT, needs_shared_cifar
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 SWEEP_FILES = sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import eval as eval_script
@@ -10,7 +11,9 @@ from clipure_lit.training.adv_job import pgd_linf
 
 from conftest import CIFAR_TEST, needs_shared_cifar
 
-TINY_CLIP = ["clip.arch=Tiny-ViT-32px", "clip.model_config=conf/model_configs/Tiny-ViT-32px.json"]
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
+TINY_CLIP = ["clip=tiny_random"]  # the tiny CLIP of conf/clip/tiny_random.yaml
 
 
 def _tiny_weights(tmp_path):

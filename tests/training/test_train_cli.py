@@ -8,6 +8,8 @@ import train as train_script
 from clipure_lit.config.loader import load_config
 from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 
 def compose(*argv: str):
     return load_config(list(argv), root="train", schema=TrainRunCfg, validate=validate_train_config)

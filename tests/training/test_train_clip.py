@@ -17,7 +17,9 @@ from clipure_lit.training.common import ScheduleClock, warmup_cosine
 
 from conftest import CIFAR_TEST, needs_shared_cifar
 
-TINY_CLIP = ["clip.arch=Tiny-ViT-32px", "clip.model_config=conf/model_configs/Tiny-ViT-32px.json"]
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
+TINY_CLIP = ["clip=tiny_random"]  # the tiny CLIP of conf/clip/tiny_random.yaml
 
 
 def clip_args(tmp_path, *extra: str) -> list[str]:

@@ -15,6 +15,8 @@ from clipure_lit.training.embed_cache import cached_image_embeddings
 
 from conftest import CIFAR_TEST, needs_shared_cifar
 
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
 # The architecture of conf/purifier/clipure_diff_tiny.yaml (tiny CLIP: embed dim 64).
 TINY_PRIOR = ["prior_train.prior.dim=64", "prior_train.prior.depth=1", "prior_train.prior.heads=2",
               "prior_train.prior.dim_head=16", "prior_train.prior.max_text_len=1"]
