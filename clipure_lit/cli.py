@@ -17,7 +17,8 @@ USAGE = """usage: python {prog} [group=choice ...] [dotted.key=value ...] [file.
 Config groups (files in conf/<group>/):
 {groups}
 
-Keys (schema defaults; override with key=value, YAML syntax for values):
+Keys (schema defaults; override with key=value, YAML syntax for values; purifier.<name>.* keys exist only when
+that purifier is chosen with purifier.latent / purifier.pixel or a purifier=<file> choice):
 {keys}
 
 Examples:
@@ -32,6 +33,9 @@ Examples:
 def _schema_lines(cls, prefix: str = "") -> list[str]:
     lines = []
     for f in dataclasses.fields(cls):
+        if "help_schema" in f.metadata:  # a section whose keys are known only from a registry (the purifiers)
+            lines += _schema_lines(f.metadata["help_schema"](), f"{prefix}{f.name}.")
+            continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             lines += _schema_lines(type(default), f"{prefix}{f.name}.")

@@ -111,7 +111,8 @@ class RunCfg:
     prompts: PromptsCfg = field(default_factory=PromptsCfg)
     # The composed purifier section (run-level keys + the chosen purifiers' sections, see purifier_schema); typed
     # while composing, then stored without a dynamic class so the config pickles into DDP-spawned processes.
-    purifier: Any = field(default_factory=lambda: dataclasses.asdict(PurifierChoiceCfg()))
+    purifier: Any = field(default_factory=lambda: dataclasses.asdict(PurifierChoiceCfg()),
+                          metadata={"help_schema": purifier_schema})
     attack: AttackCfg = field(default_factory=AttackCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
