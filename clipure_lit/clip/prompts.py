@@ -69,42 +69,44 @@ def _from_json_file(spec: str, kind: str) -> list[str] | None:
     return [str(x) for x in data[key]]
 
 
-def get_templates(name: str) -> list[str]:
-    """Templates of a named set as ``{c}`` format strings."""
-    from_file = _from_json_file(name, "Template")
+def _lookup(name: str, kind: str, open_clip_sets: dict, table: dict, valid: list[str], fix: str) -> list[str]:
+    """A named list: from a JSON file (``path.json[:key]``), open_clip's sets (name -> loader), then CLIP_benchmark's
+    ``table``; otherwise a :class:`ConfigError` listing ``valid`` and ``fix``."""
+    from_file = _from_json_file(name, kind)
     if from_file is not None:
         return from_file
-    if name in OPEN_CLIP_TEMPLATE_SETS:
-        from open_clip import zero_shot_metadata as meta
-
-        fns = meta.OPENAI_IMAGENET_TEMPLATES if name == "openai_imagenet_80" else meta.SIMPLE_IMAGENET_TEMPLATES
-        # open_clip stores them as callables; calling with the placeholder itself yields the format string.
-        return [fn("{c}") for fn in fns]
-    table = clip_benchmark_templates()
+    if name in open_clip_sets:
+        return open_clip_sets[name]()
     if name in table:
         return list(table[name])
-    raise ConfigError(
-        f"Unknown template set '{name}'. Valid sets: {available_template_sets()}, or a JSON file 'path.json[:key]' "
-        "in CLIP_benchmark's format."
-    )
+    raise ConfigError(f"Unknown {kind.lower()} set '{name}'. Valid sets: {valid}, {fix}")
+
+
+def _open_clip_templates(name: str) -> list[str]:
+    from open_clip import zero_shot_metadata as meta  # heavy: open_clip pulls timm and torchvision
+
+    fns = meta.OPENAI_IMAGENET_TEMPLATES if name == "openai_imagenet_80" else meta.SIMPLE_IMAGENET_TEMPLATES
+    # open_clip stores them as callables; calling with the placeholder itself yields the format string.
+    return [fn("{c}") for fn in fns]
+
+
+def _open_clip_imagenet_classnames() -> list[str]:
+    from open_clip import IMAGENET_CLASSNAMES  # heavy: open_clip pulls timm and torchvision
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def get_templates(name: str) -> list[str]:
+    """Templates of a named set as ``{c}`` format strings."""
+    sets = {n: (lambda n=n: _open_clip_templates(n)) for n in OPEN_CLIP_TEMPLATE_SETS}
+    return _lookup(name, "Template", sets, clip_benchmark_templates(), available_template_sets(),
+                   "or a JSON file 'path.json[:key]' in CLIP_benchmark's format.")
 
 
 def get_classnames(name: str) -> list[str]:
     """Class names of a named set (``imagenet1k`` from open_clip, others from CLIP_benchmark) or a JSON file."""
-    from_file = _from_json_file(name, "Class-name")
-    if from_file is not None:
-        return from_file
-    if name == "imagenet1k":
-        from open_clip import IMAGENET_CLASSNAMES
-
-        return list(IMAGENET_CLASSNAMES)
-    table = clip_benchmark_classnames()
-    if name in table:
-        return list(table[name])
-    raise ConfigError(
-        f"Unknown class-name set '{name}'. Valid sets: {available_classname_sets()}, a JSON file 'path.json[:key]', "
-        "or null to use the dataset's own class names."
-    )
+    return _lookup(name, "Class-name", {"imagenet1k": _open_clip_imagenet_classnames}, clip_benchmark_classnames(),
+                   available_classname_sets(), "a JSON file 'path.json[:key]', or null to use the dataset's own class names.")
 
 
 def format_prompts(templates: list[str], classname: str) -> list[str]:

@@ -97,7 +97,28 @@ def stack_records(records: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack([r[k].detach().float().cpu() for r in records]) for k in records[0]}
 
 
-class AscentPurifier(Purifier):
+class AscentModes:
+    """State shared by the CLIPure purifiers (latent and pixel) whose keys are an :class:`AscentCfg`:
+    ``batch_coupled`` follows ``norm_scope``, ``differentiable`` follows ``grad_mode``, and :meth:`with_grad_mode`
+    is a view with ``grad_mode`` replaced."""
+
+    cfg: AscentCfg
+
+    def init_modes(self, cfg: AscentCfg, key: str) -> None:
+        """Call from ``__init__`` (after ``nn.Module.__init__``); ``key`` is the config prefix named in warnings."""
+        self.cfg = cfg
+        self.batch_coupled = cfg.norm_scope == NormScope.batch
+        self.differentiable = cfg.grad_mode == GradMode.full
+        self.last_diagnostics: dict[str, Tensor] = {}
+        self.batch_warning = BatchSizeWarning(key)
+
+    def with_grad_mode(self, mode: GradMode):
+        """A shallow copy sharing weights and buffers, with ``grad_mode`` replaced (``differentiable`` follows)."""
+        return shallow_copy_with(self, cfg=dataclasses.replace(self.cfg, grad_mode=GradMode(mode)),
+                                 differentiable=GradMode(mode) == GradMode.full)
+
+
+class AscentPurifier(AscentModes, Purifier):
     """Latent purifier that runs :func:`sphere_ascent`; subclasses define the step gradient through :meth:`make_grad_fn`.
 
     ``batch_coupled`` follows ``norm_scope`` and ``differentiable`` follows ``grad_mode`` (in ``as_released``
@@ -110,16 +131,7 @@ class AscentPurifier(Purifier):
 
     def __init__(self, cfg: AscentCfg, key: str) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.batch_coupled = cfg.norm_scope == NormScope.batch
-        self.differentiable = cfg.grad_mode == GradMode.full
-        self.last_diagnostics: dict[str, Tensor] = {}
-        self.batch_warning = BatchSizeWarning(key)
-
-    def with_grad_mode(self, mode: GradMode) -> "AscentPurifier":
-        """A shallow copy sharing weights and buffers, with ``grad_mode`` replaced (``differentiable`` follows)."""
-        return shallow_copy_with(self, cfg=dataclasses.replace(self.cfg, grad_mode=GradMode(mode)),
-                                 differentiable=GradMode(mode) == GradMode.full)
+        self.init_modes(cfg, key)
 
     def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):  # pragma: no cover
         """``grad_fn(z, in_graph, step) -> d loss / d z [B, D]`` for one purification of ``z`` (see

@@ -23,7 +23,6 @@ gradient, so the purifier declares ``differentiable`` only in ``full`` mode.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -33,8 +32,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clipure_lit.errors import ConfigError
-from clipure_lit.purifiers.ascent import AscentCfg, stack_records
-from clipure_lit.purifiers.base import BatchSizeWarning, BuildContext, GradMode, Purifier, Space, shallow_copy_with
+from clipure_lit.purifiers.ascent import AscentCfg, AscentModes, stack_records
+from clipure_lit.purifiers.base import BuildContext, GradMode, Purifier, Space
 from clipure_lit.purifiers.clipure_cos import blank_anchor
 from clipure_lit.purifiers.recompute import recompute_in_backward
 from clipure_lit.purifiers.registry import register_purifier
@@ -64,7 +63,7 @@ class ClipurePixelCfg(AscentCfg):
             raise ConfigError(f"{where}.eps={self.eps} must be >= 0 (units of 1/255) or null (no budget).")
 
 
-class ClipurePixel(Purifier):
+class ClipurePixel(AscentModes, Purifier):
     """Normalised-gradient ascent of ``cos(f(x), t_blank)`` on the pixels (see module docstring).
 
     Args:
@@ -87,17 +86,8 @@ class ClipurePixel(Purifier):
             raise ConfigError(f"{KEY}.eps={eps} must be >= 0 (in 1/255 units) or null.")
         self.__dict__["encoder"] = encoder  # plain attribute: shared with the classifier, not a submodule
         self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=0))  # [D]
-        self.cfg = cfg
+        self.init_modes(cfg, KEY)
         self.eps = None if eps is None else float(eps)
-        self.batch_coupled = cfg.norm_scope == NormScope.batch
-        self.differentiable = cfg.grad_mode == GradMode.full
-        self.last_diagnostics: dict[str, Tensor] = {}
-        self.batch_warning = BatchSizeWarning(KEY)
-
-    def with_grad_mode(self, mode: GradMode) -> "ClipurePixel":
-        """A shallow copy sharing the encoder and anchor, with ``grad_mode`` replaced (``differentiable`` follows)."""
-        return shallow_copy_with(self, cfg=dataclasses.replace(self.cfg, grad_mode=GradMode(mode)),
-                                 differentiable=GradMode(mode) == GradMode.full)
 
     def objective_grad(self, x: Tensor, in_graph: bool) -> tuple[Tensor, Tensor]:
         """``(d loss / d x [B, 3, H, W], cos(f(x), t) [B])``; the gradient is detached unless ``in_graph``."""

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, copy_export, export_state_dict
+from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, ValidationEmbeddings, copy_export, export_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def pgd_linf(loss_fn: Callable[[Tensor], Tensor], x: Tensor, eps: float, steps: 
     return (x + delta).detach()
 
 
-class AdvTrainModule(BudgetedModule, pl.LightningModule):
+class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
     """FARE / TeCoA fine-tuning of ``backbone.model.visual`` (module docstring)."""
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
@@ -75,8 +75,6 @@ class AdvTrainModule(BudgetedModule, pl.LightningModule):
         with torch.no_grad():
             C = class_embeddings(backbone, tokenizer, self.classnames, get_templates(self.at.class_templates))
         self.register_buffer("class_emb", C.float(), persistent=False)  # [D, K]
-        self._val_z: list[Tensor] = []
-        self._val_y: list[Tensor] = []
         self.last_val: dict[str, float] = {}
 
     def features(self, x: Tensor) -> Tensor:
@@ -116,14 +114,13 @@ class AdvTrainModule(BudgetedModule, pl.LightningModule):
 
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch[0], batch[1]
-        self._val_z.append(self.backbone.encode_image(x).float().cpu())
-        self._val_y.append(y.cpu())
+        self.collect_validation(self.backbone.encode_image(x), y)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_z:
+        collected = self.take_validation()
+        if collected is None:
             return
-        z, y = torch.cat(self._val_z), torch.cat(self._val_y)
-        self._val_z, self._val_y = [], []
+        z, y = collected
         acc = float(((z @ self.class_emb.cpu()).argmax(1) == y).float().mean())
         self.last_val = {"clean_acc": acc}
         self.log("val/clean_acc", acc)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, copy_export, export_state_dict
+from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, ValidationEmbeddings, copy_export, export_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def multi_positive_ce(scores: Tensor, positives: Tensor) -> Tensor:
     return -(torch.logsumexp(pos, dim=1) - torch.logsumexp(scores, dim=1)).mean()
 
 
-class ClipTrainModule(BudgetedModule, pl.LightningModule):
+class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
     """The trainable ``ClipBackbone`` plus the tokenised prompts of the objective (module docstring)."""
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
@@ -95,8 +95,6 @@ class ClipTrainModule(BudgetedModule, pl.LightningModule):
         caps = tokenizer([p for c in self.classnames for p in format_prompts(cap_t, c)])
         self.register_buffer("caption_tokens", caps.view(k, len(cap_t), -1), persistent=False)  # [K, Tc, L]
         self.register_buffer("blank_tokens", tokenizer(blank_t), persistent=False)  # [Nb, L]
-        self._val_z: list[Tensor] = []
-        self._val_y: list[Tensor] = []
         self._t_last: float | None = None
         self.last_val: dict[str, float] = {}
 
@@ -157,14 +155,13 @@ class ClipTrainModule(BudgetedModule, pl.LightningModule):
     # ---- validation ------------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch[0], batch[1]  # float [B, 3, H, W] in [0, 1], [B]
-        self._val_z.append(self.encode_images(x).float().cpu())
-        self._val_y.append(y.cpu())
+        self.collect_validation(self.encode_images(x), y)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_z:
+        collected = self.take_validation()
+        if collected is None:
             return
-        z, y = torch.cat(self._val_z), torch.cat(self._val_y)
-        self._val_z, self._val_y = [], []
+        z, y = collected
         stats = zero_shot_stats(self.backbone, self.tokenizer, self.classnames, self.cfg.prompts, z, y)
         self.last_val = {k: v for k, v in stats.items() if isinstance(v, float)}
         self.log_dict({f"val/{k}": v for k, v in self.last_val.items()}, prog_bar=False)

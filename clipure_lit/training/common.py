@@ -206,6 +206,20 @@ def copy_export(src: Path, dest: str | None) -> str | None:
     return str(target)
 
 
+class ValidationEmbeddings:
+    """Mixin collecting validation embeddings ``z [N, D]`` and labels ``y [N]`` on the CPU over an epoch."""
+
+    def collect_validation(self, z: Tensor, y: Tensor) -> None:
+        self.__dict__.setdefault("_val", []).append((z.float().cpu(), y.cpu()))
+
+    def take_validation(self) -> tuple[Tensor, Tensor] | None:
+        """The epoch's ``(z, y)`` concatenated, and the store emptied; None when nothing was collected."""
+        collected = self.__dict__.pop("_val", [])
+        if not collected:
+            return None
+        return torch.cat([z for z, _ in collected]), torch.cat([y for _, y in collected])
+
+
 class BudgetedModule:
     """Mixin for LightningModules using :class:`ScheduleClock`: starts the clock at ``on_train_start``, saves and
     restores the elapsed time in checkpoints (``clipure_elapsed_s``), stops the fit when the time budget is spent

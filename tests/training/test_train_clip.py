@@ -19,7 +19,8 @@ from conftest import CIFAR_TEST, needs_shared_cifar
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
-TINY_CLIP = ["clip=tiny_random"]  # the tiny CLIP of conf/clip/tiny_random.yaml
+# The tiny architecture only: the training experiment's other clip.* keys (context length, tokenizer) stay.
+TINY_CLIP = ["clip.arch=Tiny-ViT-32px", "clip.model_config=conf/model_configs/Tiny-ViT-32px.json"]
 
 
 def clip_args(tmp_path, *extra: str) -> list[str]:
