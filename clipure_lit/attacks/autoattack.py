@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from clipure_lit.attacks.seeding import cuda_devices
+from clipure_lit.utils.seed import cuda_devices
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.attacks.config import AutoAttackVersion
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.attacks.seeding import seeded
+from clipure_lit.utils.seed import seeded
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.attacks.config import AttackGradMode, AttackPrecision, AutoAttackVersion
 from clipure_lit.purifiers.base import IdentityPurifier

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from clipure_lit.attacks.autoattack import MessageDigest, run_autoattack
 from clipure_lit.attacks.gradient_modes import float32_copy, is_full_precision, make_view
-from clipure_lit.attacks.seeding import batch_seed, seeded
+from clipure_lit.utils.seed import batch_seed, seeded
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.attacks.transfer import transfer_source
 from clipure_lit.attacks.config import AttackPrecision

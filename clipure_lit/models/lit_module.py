@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from clipure_lit.attacks.seeding import batch_seed, seeded
+from clipure_lit.utils.seed import batch_seed, seeded
 from clipure_lit.results import SampleStore, SampleTable, all_gather_object, merge_flags, summarise
 
 log = logging.getLogger(__name__)
