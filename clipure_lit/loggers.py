@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,11 @@ def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path
 
     import wandb
 
-    from clipure_lit.config.loader import to_plain
-
     with open(csv_path, newline="") as fh:
         rows = list(csv.reader(fh))
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=list(cfg.logger.tags),
-                     name=name, dir=str(run_dir), mode="offline" if wandb_offline(cfg) else "online", config=to_plain(cfg))
+                     name=name, dir=str(run_dir), mode="offline" if wandb_offline(cfg) else "online",
+                     config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     try:
         payload = {"table": wandb.Table(columns=rows[0], data=rows[1:])}
         if png_path is not None and png_path.is_file():
