@@ -21,8 +21,9 @@ install: $(STAMP)
 run: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) eval.py experiment=demo $(ARGS)
 
-## The default test suite (no downloads, no GPU).
+## The default test suite (no downloads, no GPU), after the import-layer contracts of pyproject.toml ([tool.importlinter]).
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
 ## The inner loop: unit and contract tests, no whole jobs (under a minute on 2 CPU cores).
