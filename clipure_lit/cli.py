@@ -8,6 +8,8 @@ import sys
 from enum import Enum
 from typing import Callable, Sequence
 
+from clipure_lit.config.loader import GROUPS, list_choices, load_config, to_yaml
+from clipure_lit.config.schema import RunCfg
 from clipure_lit.errors import ClipureError
 
 USAGE = """usage: python {prog} [group=choice ...] [dotted.key=value ...] [file.yaml ...] [--cfg] [--help]
@@ -47,8 +49,6 @@ def _schema_lines(cls, prefix: str = "") -> list[str]:
 
 
 def help_text(prog: str, what: str, schema: type) -> str:
-    from clipure_lit.config.loader import GROUPS, list_choices
-
     groups = "\n".join(f"  {g:<11} {', '.join(list_choices(g)) or '-'}" for g in GROUPS)
     return USAGE.format(prog=prog, what=what, groups=groups, keys="\n".join(_schema_lines(schema)))
 
@@ -59,12 +59,9 @@ def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[obj
     """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        from clipure_lit.config.schema import RunCfg
-
         print(help_text(prog, what, schema or RunCfg))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipure_lit.config.loader import load_config, to_yaml
 
     show_cfg = "--cfg" in argv
     argv = [a for a in argv if a != "--cfg"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -57,9 +58,7 @@ def wandb_offline(cfg: DictConfig) -> bool:
 
 def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path, png_path: Path | None, summary: dict) -> None:
     """Log a results table (CSV file), its plot and summary values as one W&B run (for suites and reports)."""
-    import csv
-
-    import wandb
+    import wandb  # heavy: wandb (~0.5 s to import); only W&B logging needs it
 
     with open(csv_path, newline="") as fh:
         rows = list(csv.reader(fh))
@@ -81,12 +80,11 @@ def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
     name = LoggerName(cfg.logger.name)
     if name == LoggerName.none:
         return False
+    # heavy: Lightning takes ~4.5 s to import; the config schema imports this module for LoggerCfg (--help, --cfg)
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
     if name == LoggerName.csv:
-        from pytorch_lightning.loggers import CSVLogger
-
         return CSVLogger(save_dir=str(run_dir), name="", version="csv")
-    from pytorch_lightning.loggers import WandbLogger
-
     offline = wandb_offline(cfg)
     logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
                          tags=list(cfg.logger.tags), name=f"{cfg.name}-{run_dir.name}", save_dir=str(run_dir),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from clipure_lit.utils.distributed import gather_varlen, unique_by_id
@@ -84,8 +85,6 @@ class SampleStore:
 
 def all_gather_object(module, obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process). Collective."""
-    import torch.distributed as dist
-
     trainer = getattr(module, "_trainer", None)
     if trainer is None or trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
         return [obj]

@@ -9,14 +9,18 @@ In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from clipure_lit.config.loader import to_yaml
+from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.utils.paths import find_path
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
               "omegaconf", "clip-benchmark", "diffusers")
@@ -37,8 +41,6 @@ def make_run_dir(cfg: DictConfig) -> Path:
 def environment_info() -> dict:
     """Python version, platform, the versions of the packages a result depends on (None when not installed) and
     the git commit of this checkout (None outside git)."""
-    from importlib import metadata
-
     versions = {}
     for dist in _VERSIONED:
         try:
@@ -58,11 +60,6 @@ def environment_info() -> dict:
 def checkpoint_hashes(cfg: DictConfig) -> dict:
     """SHA-256 of every local weight file the run loads (CLIP checkpoint, and each chosen purifier's
     ``weight_files``: a diffusion prior, a diffusion UNet folder)."""
-    import hashlib
-
-    from clipure_lit.purifiers.registry import chosen_sections
-    from clipure_lit.utils.paths import find_path
-
     candidates = {"clip.pretrained": cfg.clip.pretrained}
     if "purifier" in cfg:  # training runs have no purifier section
         for where, section in chosen_sections(cfg).items():
@@ -100,6 +97,6 @@ def close_logger(logger) -> None:
     """End the logger's run. For a ``WandbLogger`` this is ``wandb.finish()`` (flushes its files, so the next run in
     the same process starts a new W&B run); the CSV logger and no logger (``False``/None) need nothing."""
     if logger and type(logger).__name__ == "WandbLogger":
-        import wandb
+        import wandb  # heavy: wandb (~0.5 s to import); only a W&B logger needs it
 
         wandb.finish()

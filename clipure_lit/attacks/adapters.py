@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from clipure_lit.models.classifier import PurifiedZeroShotClassifier
 from clipure_lit.purifiers.base import Purifier
 
 
@@ -41,7 +42,5 @@ def classifier_from_model(model: nn.Module, pixel: Purifier | None = None, seed:
         pixel: optional pixel-space purifier applied before the model.
         seed: seed of the purifier generator (stochastic pixel purifiers).
     """
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-
     model = model.eval().requires_grad_(False)
     return PurifiedZeroShotClassifier(ModelBackbone(model), PassThroughHead(), pixel=pixel, seed=seed).eval()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
 from clipure_lit.utils.seed import cuda_devices
@@ -36,8 +37,6 @@ def set_apgd_iterations(apgd, n_iter: int) -> None:
 
 def build_autoattack(model: nn.Module, spec: AttackSpec, device: torch.device | str):
     """An ``AutoAttack`` configured by ``spec`` (unset budgets keep AutoAttack's values for the version)."""
-    from pyautoattack import AutoAttack
-
     custom = spec.version == AutoAttackVersion.custom
     aa = AutoAttack(model, attacks=list(spec.attacks) if custom else None, device=device, eps=float(spec.eps),
                     norm=spec.norm.value, seed=int(spec.seed), version=spec.version.value)

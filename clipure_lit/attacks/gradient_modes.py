@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from clipure_lit.attacks.config import AttackGradMode, AttackPrecision
-
+from clipure_lit.models.classifier import PurifiedZeroShotClassifier
 from clipure_lit.purifiers.base import GradMode, IdentityPurifier, Purifier
 
 
@@ -101,8 +101,6 @@ def make_view(classifier, mode: AttackGradMode, precision: AttackPrecision, *, u
     Returns:
         The classifier itself when nothing changes, else a new classifier sharing weights, in eval mode.
     """
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-
     backbone = classifier.backbone
     if AttackPrecision(precision) == AttackPrecision.fp32 and not is_full_precision(backbone):
         backbone = fp32_backbone if fp32_backbone is not None else float32_copy(backbone)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from clipure_lit.attacks.spec import SUB_ATTACKS, TRANSFER_SOURCES, AttackSpec
-from clipure_lit.attacks.config import AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
+from clipure_lit.attacks.config import AttackCfg, AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
 from clipure_lit.errors import ConfigError
 
 # The released CLIPure protocol (reference section 6.1): AutoAttack version='custom' with APGD-CE (5 restarts,
@@ -60,7 +63,6 @@ def _as_dict(entry: Any) -> dict[str, Any]:
         return {}
     if isinstance(entry, Mapping):
         return dict(entry)
-    from omegaconf import OmegaConf
 
     return OmegaConf.to_container(entry, enum_to_str=True) if not dataclasses.is_dataclass(entry) else dataclasses.asdict(entry)
 
@@ -166,11 +168,6 @@ def attack_config(**values: Any):
     Raises:
         ConfigError: an unknown key or a value of the wrong type.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from clipure_lit.attacks.config import AttackCfg
-
     try:
         return OmegaConf.merge(OmegaConf.structured(AttackCfg), OmegaConf.create(values))
     except OmegaConfBaseException as exc:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipure_lit.attacks.presets import resolve_attacks
+from clipure_lit.callbacks.data_timing import DataWaitTimer
+from clipure_lit.callbacks.resume import ResumableProgress, prepare_progress
+from clipure_lit.callbacks.robust_eval import RobustEvalCallback
+from clipure_lit.config.loader import to_plain
 from clipure_lit.errors import ConfigError
 
 
@@ -17,12 +22,6 @@ def eval_callbacks(cfg, run_dir: Path) -> list:
     Raises:
         ConfigError: unknown attack or option, ``resume=true`` without ``run_dir``, or a resume config mismatch.
     """
-    from clipure_lit.attacks.presets import resolve_attacks
-    from clipure_lit.callbacks.resume import ResumableProgress, prepare_progress
-    from clipure_lit.callbacks.data_timing import DataWaitTimer
-    from clipure_lit.callbacks.robust_eval import RobustEvalCallback
-    from clipure_lit.config.loader import to_plain
-
     if cfg.resume and not cfg.run_dir:
         raise ConfigError("resume=true needs the folder of the run to continue. Fix: pass run_dir=<that folder> as well.")
     specs = resolve_attacks(cfg.attack)

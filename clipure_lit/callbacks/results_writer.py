@@ -3,10 +3,13 @@ logs the per-sample table and the plot to W&B when a W&B logger is attached."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 
+from clipure_lit.reporting.plots import plot_results
 from clipure_lit.results import write_json
 
 
@@ -24,22 +27,16 @@ class ResultsWriter(pl.Callback):
         pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
         payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra}
         write_json(self.run_dir / "results.json", payload)
-        from clipure_lit.reporting.plots import plot_results
-
         png = plot_results(payload, self.run_dir / "results.png")
         _log_to_wandb(trainer, self.run_dir / "samples.csv", png)
 
 
 def _log_to_wandb(trainer: pl.Trainer, samples_csv: Path, png: Path) -> None:
     """The per-sample table and the plot as a W&B table and image (only with a W&B logger)."""
-    from pytorch_lightning.loggers import WandbLogger
-
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     if not loggers:
         return
-    import csv
-
-    import wandb
+    import wandb  # heavy: wandb (~0.5 s to import); only a W&B logger needs it
 
     with open(samples_csv, newline="") as fh:
         rows = list(csv.reader(fh))

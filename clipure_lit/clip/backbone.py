@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipure_lit.clip.config import ClipCfg, Precision
+from clipure_lit.clip.weights import ensure_weights_available
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.paths import resolve_path
 
@@ -78,7 +79,7 @@ def apply_released_mixed_precision(model: nn.Module) -> None:
 
 def register_model_config(cfg: ClipCfg) -> None:
     """Make a custom open_clip model-config JSON available under ``cfg.arch``."""
-    import open_clip
+    import open_clip  # heavy: ~4 s to import (timm, torchvision); only building a model needs it
 
     if cfg.model_config is None:
         return
@@ -100,9 +101,7 @@ def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
     Raises:
         WeightsUnavailableError: weights are not cached and cannot be downloaded (fails within seconds).
     """
-    import open_clip
-
-    from clipure_lit.clip.weights import ensure_weights_available
+    import open_clip  # heavy: ~4 s to import (timm, torchvision); only building a model needs it
 
     register_model_config(cfg)
     ensure_weights_available(cfg.arch, cfg.pretrained, cfg.cache_dir)

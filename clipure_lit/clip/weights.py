@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.request
 from pathlib import Path
 
-from clipure_lit.errors import DataNotFoundError, WeightsUnavailableError
+from clipure_lit.errors import ConfigError, DataNotFoundError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,13 @@ def _hub_offline() -> bool:
 
 
 def _hf_cached(repo_id: str, filenames: list[str], cache_dir: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: ~0.1 s (httpx); only weight look-ups need it
 
     return any(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str) for name in filenames)
 
 
 def _hf_reachable(repo_id: str, filename: str) -> tuple[bool, str]:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url  # heavy: ~0.1 s (httpx); only probes need it
 
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=_PROBE_TIMEOUT_S)
@@ -57,6 +58,8 @@ def ensure_weights_available(arch: str, pretrained: str | None, cache_dir: str |
 
     Returns silently when the weights are cached, local, not needed (``pretrained`` is None), or downloadable.
     """
+    # heavy: open_clip takes ~4 s to import (timm, torchvision); this module is imported by the DiffPure purifier,
+    # which every config load registers
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
@@ -80,8 +83,6 @@ def ensure_weights_available(arch: str, pretrained: str | None, cache_dir: str |
         return
     cfg = oc_pretrained.get_pretrained_cfg(arch, pretrained)
     if not cfg:
-        from clipure_lit.errors import ConfigError
-
         raise ConfigError(
             f"Unknown pretrained tag clip.pretrained='{pretrained}' for clip.arch='{arch}'. "
             f"Valid tags: {open_clip.list_pretrained_tags_by_model(arch)}; or a local checkpoint path, or null for random weights."
@@ -104,7 +105,6 @@ def ensure_weights_available(arch: str, pretrained: str | None, cache_dir: str |
         return
     if _hub_offline():
         raise _fail(f"'{arch}' / '{pretrained}'", "HF_HUB_OFFLINE=1 is set", str(target))
-    import urllib.request
 
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=_PROBE_TIMEOUT_S)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from clipure_lit.config.schema import RunCfg, purifier_schema
+from clipure_lit.config.validate import validate_config
 from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.purifiers.registry import config_sections, get_entry, space_of
 
@@ -187,7 +188,7 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         cfg.purifier = _picklable_purifier_section(cfg.purifier, chosen)
 
     if validate is None:
-        from clipure_lit.config.validate import validate_config as validate
+        validate = validate_config
     validate(cfg)
     return cfg
 

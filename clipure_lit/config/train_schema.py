@@ -9,21 +9,21 @@ cached image embeddings), ``fare`` / ``tecoa`` (adversarial fine-tuning of the i
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import DictConfig
 
 from clipure_lit.clip.config import ClipCfg, PromptsCfg
-
+from clipure_lit.clip.prompts import get_templates
 from clipure_lit.config.schema import TrainerCfg
-
+from clipure_lit.config.validate import validate_clip
 from clipure_lit.data.config import DataCfg
-
-from clipure_lit.loggers import LoggerCfg
-
-from clipure_lit.purifiers.prior import DiffPriorCfg
+from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
+from clipure_lit.loggers import LoggerCfg
+from clipure_lit.purifiers.prior import DiffPriorCfg
 
 TRAIN_JOBS = ("clip", "prior", "fare", "tecoa")
 
@@ -162,13 +162,7 @@ def _check_dtype(value: str, key: str) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for an unknown job, dataset, template set or model, or a bad loop setting."""
-    from clipure_lit.clip.prompts import get_templates
-    from clipure_lit.config.validate import validate_clip
-    from clipure_lit.data.datasets import list_datasets
-
     if cfg.job not in TRAIN_JOBS:
-        import difflib
-
         close = difflib.get_close_matches(cfg.job, TRAIN_JOBS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"Unknown training job job='{cfg.job}'. Valid choices: {list(TRAIN_JOBS)}.{hint}")

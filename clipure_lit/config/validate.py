@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 from omegaconf import DictConfig
 
+from clipure_lit.clip.prompts import get_classnames, get_templates
+from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.registry import get_entry, section_of
 
@@ -16,12 +19,10 @@ def _close(value: str, choices: list[str]) -> str:
 
 
 def validate_clip(cfg: DictConfig) -> None:
-    import open_clip
+    import open_clip  # heavy: ~4 s to import (timm, torchvision); `--help` imports this module and never validates
 
     arch = cfg.clip.arch
     if cfg.clip.model_config:
-        from pathlib import Path
-
         stem = Path(cfg.clip.model_config).stem
         if stem != arch:
             raise ConfigError(f"clip.model_config='{cfg.clip.model_config}' registers a model named '{stem}' (its file stem), "
@@ -49,9 +50,6 @@ def validate_purifiers(cfg: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for an unknown dataset, purifier, template set or model, or incompatible options."""
-    from clipure_lit.clip.prompts import get_classnames, get_templates
-    from clipure_lit.data.datasets import list_datasets
-
     if cfg.data.name not in list_datasets():
         raise ConfigError(f"Unknown dataset data.name='{cfg.data.name}'.{_close(cfg.data.name, list_datasets())} Valid choices: {list_datasets()}.")
     get_templates(cfg.prompts.class_templates)

@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
-from clipure_lit.data.config import DataCfg
+from clipure_lit.data.config import DataCfg, SubsetMode
 from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.utils.paths import find_path, resolve_path
 
 SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -26,6 +27,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def to_tensor(image: Image.Image, size: int | None) -> Tensor:
     """PIL image -> ``[3, S, S]`` in [0, 1]: RGB, shorter side resized to ``size`` (bicubic) and centre-cropped;
     no resizing when ``size`` is None (the open_clip eval transform without Normalize)."""
+    # heavy: torchvision takes ~1.5 s to import; config validation imports this module (list_datasets) without images
+    from torchvision.transforms import functional as TF
+
     image = image.convert("RGB")
     if size is not None:
         image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)
@@ -63,13 +67,11 @@ def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
 
 def _root(cfg: DataCfg) -> Path:
     """``data.root`` relative to the current directory, else to the project root."""
-    from clipure_lit.utils.paths import find_path
-
     return find_path(cfg.root) or Path(cfg.root)
 
 
 def _cifar(cfg: DataCfg, hundred: bool) -> ImageDataset:
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets import CIFAR10, CIFAR100  # heavy: torchvision (~1.5 s); only these datasets need it
 
     cls, name = (CIFAR100, "cifar100") if hundred else (CIFAR10, "cifar10")
     root = Path(cfg.root)
@@ -116,7 +118,7 @@ def _wnid_index() -> dict[str, int]:
 def _imagenet(cfg: DataCfg) -> ImageDataset:
     """ImageNet validation in ``root/<wnid>/<file>.JPEG`` layout, in the order of RobustBench's fixed 5000-image
     list (sample id = position in that list)."""
-    from open_clip import IMAGENET_CLASSNAMES
+    from open_clip import IMAGENET_CLASSNAMES  # heavy: ~4 s to import (timm, torchvision); only ImageNet needs it
 
     root = _root(cfg)
     if not root.is_dir():
@@ -134,7 +136,7 @@ def _imagenet(cfg: DataCfg) -> ImageDataset:
 def _imagenet_sample(cfg: DataCfg) -> ImageDataset:
     """A flat folder of ``<wnid>_<name>.JPEG`` files (one image per class): label = the standard index of the wnid,
     sample id = position in sorted file order."""
-    from open_clip import IMAGENET_CLASSNAMES
+    from open_clip import IMAGENET_CLASSNAMES  # heavy: ~4 s to import (timm, torchvision); only ImageNet needs it
 
     root = _root(cfg)
     files = sorted(f for f in root.glob("n*_*") if f.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
@@ -162,8 +164,6 @@ def _known_labels(ds) -> list[int] | None:
 
 def _materialise_first(ds, n: int) -> tuple[list, list[int]]:
     """The first ``n`` items of an iterable (webdataset) source, in its fixed shard order, kept as uint8 arrays."""
-    import numpy as np
-
     images, labels = [], []
     for image, label in ds:
         images.append(np.asarray(image.convert("RGB")))
@@ -177,6 +177,7 @@ def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
     """Any dataset of CLIP_benchmark's builder (``data.benchmark``), read from ``data.root``. Map-style datasets
     keep their own order (sample id = index); webdataset copies (``wds/...``) are read in shard order and the first
     ``data.num_samples`` items are kept."""
+    # heavy: CLIP_benchmark's builder takes ~2 s to import (torchvision datasets); only data.name=clip_benchmark needs it
     from clip_benchmark.datasets.builder import build_dataset as cb_build_dataset
 
     if not cfg.benchmark:
@@ -204,10 +205,6 @@ def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
 def _array_file(cfg: DataCfg) -> ImageDataset:
     """A compressed NumPy file (``.npz``) with ``images`` (uint8 ``[N, H, W, 3]``), ``labels`` and ``classnames``,
     such as the CIFAR-10 test sample shipped in ``clipure_lit/assets`` (sample id = row)."""
-    import numpy as np
-
-    from clipure_lit.utils.paths import find_path
-
     path = find_path(cfg.root)
     if path is None or not path.is_file():
         raise _missing("array_file", Path(cfg.root), "set data.root to an .npz file with images, labels and classnames "
@@ -244,9 +241,6 @@ def build_dataset(cfg: DataCfg) -> ImageDataset:
 def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     """The evaluated sample ids: from ``ids_file``, else the first N, else N drawn with ``subset_seed``
     (round-robin over classes, so the subset is class-balanced). Independent of the number of processes."""
-    from clipure_lit.data.config import SubsetMode
-    from clipure_lit.utils.paths import resolve_path
-
     n_total = len(dataset)
     if cfg.ids_file:
         path = resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")

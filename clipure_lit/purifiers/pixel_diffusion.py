@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from clipure_lit.clip.config import ResizeMode
+from clipure_lit.clip.weights import _hf_reachable
 from clipure_lit.errors import ConfigError, DataNotFoundError, WeightsUnavailableError
 from clipure_lit.purifiers.base import BuildContext, Purifier, PurifierConfig, Space
 from clipure_lit.purifiers.registry import register_purifier
@@ -193,7 +194,7 @@ def locate_checkpoint(model: str, subfolder: str | None, cache_dir: str | None) 
     if _looks_like_local_path(model):
         raise DataNotFoundError(f"purifier.diffpure.model='{model}': {tried}. Fix: the path of a folder written by "
                                 "save_pretrained, a hub id such as google/ddpm-cifar10-32, or null for a random UNet (tests).")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: ~0.1 s (httpx); only a hub id needs it
 
     for sub in candidates:
         filename = f"{sub}/config.json" if sub else "config.json"
@@ -206,7 +207,6 @@ def locate_checkpoint(model: str, subfolder: str | None, cache_dir: str | None) 
     if _hub_offline():
         raise DataNotFoundError(f"purifier.diffpure.model='{model}': {tried}, and hub id '{model}' is not in {cache} "
                                 f"(HF_HUB_OFFLINE=1, so no download was attempted). {fix}")
-    from clipure_lit.clip.weights import _hf_reachable
 
     reachable, reason = _hf_reachable(model, "config.json")
     if not reachable:
@@ -216,7 +216,7 @@ def locate_checkpoint(model: str, subfolder: str | None, cache_dir: str | None) 
 
 
 def _read_unet_config(source: str, subfolder: str | None, cache_dir: str | None) -> dict:
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # heavy: ~5 s to import; only DiffPure needs it
 
     config = UNet2DModel.load_config(source, subfolder=subfolder, cache_dir=cache_dir)
     cls = config.get("_class_name", "UNet2DModel")
@@ -233,7 +233,7 @@ def load_unet(cfg: Any) -> tuple[nn.Module, str, str | None]:
     ``cfg`` is ``purifier.diffpure``. ``cfg.model`` null builds a random UNet from ``cfg.unet`` (seeded, without
     touching the global RNG); the third element is then None.
     """
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # heavy: ~5 s to import; only DiffPure needs it
 
     if cfg.model is None:
         u = cfg.unet
@@ -263,7 +263,7 @@ def load_unet(cfg: Any) -> tuple[nn.Module, str, str | None]:
 
 def _checkpoint_schedule(source: str, cache_dir: str | None) -> dict | None:
     """The checkpoint's scheduler config (``scheduler_config.json`` at its root or in ``scheduler/``), or None."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # heavy: ~5 s to import; only DiffPure needs it
 
     for sub in (None, "scheduler"):
         try:
@@ -277,7 +277,7 @@ def build_scheduler(cfg: Any, checkpoint_schedule: dict | None):
     """The DDPM or DDIM scheduler: schedule keys from the checkpoint (when present and
     ``schedule_from_checkpoint``), else from ``cfg``; ``clip_sample`` always from ``cfg``; timesteps set to the
     DiffPure chain."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler  # heavy: ~5 s to import; only DiffPure needs it
 
     sampler = DiffusionSampler(cfg.sampler)
     cls = DDPMScheduler if sampler == DiffusionSampler.ddpm else DDIMScheduler

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from clipure_lit.errors import ConfigError
@@ -78,8 +79,6 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
     Returns a new ``[B, 3, H, W]`` tensor on ``x``'s device and dtype, with values in {0, 1/255, ..., 1};
     it carries no autograd history.
     """
-    from PIL import Image
-
     pixels = (x.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)  # [B, 3, H, W]
     arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, 3]
     decoded = []

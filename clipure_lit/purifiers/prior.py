@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from clipure_lit.errors import ConfigError, DataNotFoundError
@@ -86,6 +87,7 @@ def build_prior(cfg: Any, init_seed: int = 0) -> nn.Module:
 
 
 def _construct(cfg: Any) -> nn.Module:
+    # heavy: dalle2_pytorch takes ~2.5 s to import (its own CLIP, x-clip, einops stacks); only CLIPure-Diff needs it
     from dalle2_pytorch import DiffusionPrior, DiffusionPriorNetwork
 
     net = DiffusionPriorNetwork(
@@ -103,8 +105,6 @@ def _construct(cfg: Any) -> nn.Module:
 
 def _read_checkpoint(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -124,7 +124,7 @@ def _is_number(value) -> bool:
 def plot_against(runs: list[Run], keys: list[str], out: Path) -> list[Path]:
     """One PNG per numeric varying key with at least 3 values: headline accuracy (worst-case robust, or clean when
     no attack ran) against it, one line per combination of the other varying keys; clean accuracy dashed."""
-    import matplotlib
+    import matplotlib  # heavy: ~0.4 s to import; only the plots need it, not the tables
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

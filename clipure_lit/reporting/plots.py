@@ -9,7 +9,7 @@ from clipure_lit.reporting.format import pct
 
 def plot_results(results: dict, path: Path) -> Path:
     """Bar chart of ``results.json``: clean, each attack, worst case; error bars are the Wilson intervals."""
-    import matplotlib
+    import matplotlib  # heavy: ~0.4 s to import; only the plots need it, not the tables
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

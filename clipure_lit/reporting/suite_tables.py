@@ -9,6 +9,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from clipure_lit.config.loader import load_config
 from clipure_lit.reporting.format import pct
 from clipure_lit.results import read_json
 
@@ -58,7 +59,7 @@ def write_tables(out: Path, columns: dict[str, list[dict]]) -> None:
 
 def _plot(path: Path, datasets: list[str], columns: dict, by_key: dict) -> None:
     """Grouped bars per dataset: clean (light) and worst-case robust accuracy of every defence column."""
-    import matplotlib
+    import matplotlib  # heavy: ~0.4 s to import; only the plots need it, not the tables
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,8 +84,6 @@ def _plot(path: Path, datasets: list[str], columns: dict, by_key: dict) -> None:
 
 def compare_suites(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """One dataset x defence table from several suite run folders (e.g. plain CLIP, FARE, CLIPure on the same ids)."""
-    from clipure_lit.config.loader import load_config
-
     columns = {}
     for run_dir in map(Path, run_dirs):
         summary = read_json(run_dir / "suite.json")

@@ -5,6 +5,7 @@ its Markdown table; for a suite of defences, each defence's table and one senten
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from clipure_lit.reporting.format import ms, pct_ci_counts
 from clipure_lit.reporting.interpret import explain
@@ -60,8 +61,6 @@ def format_eval(metrics: dict) -> str:
 
 def format_suite(summary: dict) -> str:
     """The suite's Markdown table plus the skipped datasets and where the files are."""
-    from pathlib import Path
-
     out = Path(summary["run_dir"])
     lines = [(out / "suite.md").read_text().rstrip()]
     for row in summary["rows"]:
@@ -74,8 +73,6 @@ def format_suite(summary: dict) -> str:
 def format_defences(summary: dict) -> str:
     """A suite of defences on the same samples: each defence's table (attack by attack), the masking flags that
     fired, and one sentence on what the row means."""
-    from pathlib import Path
-
     done = [r for r in summary["rows"] if r.get("status") == "done"]
     undefended = next((r for r in done if all(p.get("class") == "IdentityPurifier" for p in r["results"].get("purifiers", []))), None)
     base = undefended["robust"] if undefended and undefended["robust"] is not None else None

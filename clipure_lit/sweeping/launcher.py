@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -52,8 +53,6 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str], parallel: int =
               count: int | None = None, seed: int = 0, python: str | None = None, dry_run: bool = False,
               timeout_s: float | None = None) -> dict:
     """Run every planned configuration not finished yet; returns the state dict (also in ``state.json``)."""
-    import sys
-
     out = Path(out)
     plan = make_plan(spec, out, count, seed)
     state_path = out / "state.json"

@@ -57,7 +57,7 @@ def expand(spec: SweepSpec, count: int | None = None, seed: int = 0) -> list[dic
     """The planned configurations, each a ``{dotted key: value}`` dict, in the order they will run."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the engine warns about pydantic v1 names on import
-        from sweeps import RunState, next_run
+        from sweeps import RunState, next_run  # heavy: the sweep engine (~0.2 s, pydantic) only expands sweeps
 
     config = {"method": spec.method, "parameters": spec.parameters}
     if spec.metric:
