@@ -12,13 +12,15 @@ from typing import Sequence
 def main(argv: Sequence[str] | None = None) -> dict:
     """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation (or every dataset of a
     ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
-    from clipure_lit import evaluation, suite
     from clipure_lit.cli import run_cli
     from clipure_lit.reporting import format_eval
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def job(cfg) -> dict:
+        # heavy: the evaluation imports Lightning (~4.5 s), which --help and --cfg must not pay for
+        from clipure_lit import evaluation, suite
+
         return suite.run_suite(cfg, argv) if cfg.suite.name else evaluation.run_eval(cfg)
 
     return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job,

@@ -18,10 +18,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from clipure_lit.cli import run_cli
     from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
-    from clipure_lit.training.dispatch import format_train_summary, run_train
+
+    def job(cfg) -> dict:
+        # heavy: the training jobs import Lightning (~4.5 s), which --help and --cfg must not pay for
+        from clipure_lit.training.dispatch import run_train
+
+        return run_train(cfg)
+
+    def report(metrics: dict) -> str:
+        from clipure_lit.training.dispatch import format_train_summary  # imported by job() already
+
+        return format_train_summary(metrics)
 
     return run_cli(argv, "train.py", "Train a small CLIP, a diffusion prior on its embeddings, or FARE/TeCoA fine-tuning "
-                   "(job=clip|prior|fare|tecoa).", run_train, format_train_summary, root="train", schema=TrainRunCfg,
+                   "(job=clip|prior|fare|tecoa).", job, report, root="train", schema=TrainRunCfg,
                    validate=validate_train_config)
 
 

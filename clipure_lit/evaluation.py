@@ -12,12 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from clipure_lit.callbacks.build import eval_callbacks
+from clipure_lit.callbacks.results_writer import ResultsWriter
+from clipure_lit.clip.backbone import load_backbone
+from clipure_lit.clip.prompts import get_classnames, get_templates
+from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
 from clipure_lit.config.loader import to_plain
+from clipure_lit.data.datamodule import ZeroShotDataModule
+from clipure_lit.errors import ConfigError
+from clipure_lit.loggers import build_logger
+from clipure_lit.models.classifier import PurifiedZeroShotClassifier
+from clipure_lit.models.lit_module import ZeroShotLitModule
+from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
-from clipure_lit.results import write_json
+from clipure_lit.results import read_json, write_json
 from clipure_lit.run_folder import checkpoint_hashes, close_logger, make_run_dir, write_config, write_environment
 from clipure_lit.utils.timing import PhaseTimer
 
@@ -46,18 +58,12 @@ def load_clip(cfg: DictConfig, classnames: list[str], device: torch.device | str
     """Backbone and zero-shot head from ``cfg.clip`` / ``cfg.prompts`` (text embeddings from the on-disk cache when
     possible); ``cfg.data.classnames``, when set, replaces the dataset's ``classnames``. Phases for ``timer``:
     ``load_backbone``, ``build_text_head``."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import get_classnames, get_templates
-    from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
-
     timer = timer or PhaseTimer()
     with timer.phase("load_backbone"):
         backbone, tokenizer = load_backbone(cfg.clip, device=device)
     if cfg.data.classnames is not None:
         named = get_classnames(cfg.data.classnames)
         if len(named) != len(classnames):
-            from clipure_lit.errors import ConfigError
-
             raise ConfigError(f"data.classnames='{cfg.data.classnames}' has {len(named)} classes but dataset "
                               f"'{cfg.data.name}' has {len(classnames)}. Fix: choose a matching class-name set or null.")
         classnames = named
@@ -70,9 +76,6 @@ def load_clip(cfg: DictConfig, classnames: list[str], device: torch.device | str
 def build_defended(cfg: DictConfig, parts: ClipParts, timer: PhaseTimer | None = None):
     """``cfg.purifier``'s purifiers around ``parts`` (phase ``build_purifiers``, which includes a blank anchor's
     text embeddings); ``timer`` also gets the counts ``text_embeddings_cached`` / ``_computed``."""
-    from clipure_lit.models.classifier import PurifiedZeroShotClassifier
-    from clipure_lit.purifiers import BuildContext, build_purifier
-
     timer = timer or PhaseTimer()
     ctx = BuildContext(cfg=cfg, backbone=parts.backbone, tokenizer=parts.tokenizer, text_cache=parts.text_cache,
                        classnames=parts.classnames)
@@ -92,8 +95,6 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
-    import pytorch_lightning as pl
-
     t = cfg.trainer
     kwargs = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
                   inference_mode=t.inference_mode, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
@@ -105,18 +106,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
 
 def run_eval(cfg: DictConfig) -> dict:
     """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``."""
-    import pytorch_lightning as pl
-
-    from clipure_lit.callbacks.results_writer import ResultsWriter
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-    from clipure_lit.loggers import build_logger
-    from clipure_lit.models.lit_module import ZeroShotLitModule
-
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    from clipure_lit.callbacks.build import eval_callbacks
 
     timer = PhaseTimer()
     # Attacks and resumption are checked before anything is written to the run folder.
@@ -143,6 +136,5 @@ def run_eval(cfg: DictConfig) -> dict:
                                                   "note": "wall clock in the launching process; per-sample times of the "
                                                           "test loop's parts are in results.json (time_per_sample_s)"})
         close_logger(logger)
-    from clipure_lit.results import read_json
 
     return read_json(run_dir / "results.json")

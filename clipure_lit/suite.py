@@ -16,10 +16,14 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from clipure_lit.config.loader import list_choices, load_config
 from clipure_lit.config.schema import BlankAnchorSource
 from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.evaluation import run_eval
+from clipure_lit.loggers import log_table_to_wandb
 from clipure_lit.reporting.suite_tables import average, defence_name, write_tables
 from clipure_lit.results import read_json, write_json
+from clipure_lit.run_folder import make_run_dir, write_config
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +55,6 @@ def entry_name(entry) -> str:
 
 def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     """Evaluate every dataset of ``cfg.suite`` in turn; returns (and writes ``suite.json``) the per-dataset rows."""
-    from clipure_lit.config.loader import list_choices, load_config
-    from clipure_lit.evaluation import run_eval
-    from clipure_lit.run_folder import make_run_dir, write_config
-
     entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only or e.name in cfg.suite.only]
     unknown = [e.data for e in entries if e.data and e.data not in list_choices("data")]
     if unknown:
@@ -87,8 +87,6 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
     write_tables(out, {column: rows})
     if cfg.logger.name == "wandb":
-        from clipure_lit.loggers import log_table_to_wandb
-
         avg = summary["average"]
         log_table_to_wandb(cfg, out, f"{cfg.name}-{cfg.suite.name}", out / "suite.csv", out / "suite.png",
                            {"suite/avg_clean_acc": avg["clean"], "suite/avg_robust_acc": avg["robust"],

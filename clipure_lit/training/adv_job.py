@@ -30,7 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, ValidationEmbeddings, copy_export, export_state_dict
+from clipure_lit.clip.backbone import load_backbone
+from clipure_lit.clip.prompts import get_classnames, get_templates
+from clipure_lit.clip.zeroshot import class_embeddings
+from clipure_lit.config.loader import to_plain
+from clipure_lit.data.datasets import build_dataset, select_ids
+from clipure_lit.errors import ConfigError
+from clipure_lit.training.clip_job import augment_uint8
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
+                                         build_fit_trainer, copy_export, export_state_dict, resolve_resume)
+from clipure_lit.training.data import TrainDataModule, build_eval_subset
+from clipure_lit.training.image_cache import load_uint8
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +66,6 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
         super().__init__()
-        from clipure_lit.clip.prompts import get_templates
-        from clipure_lit.clip.zeroshot import class_embeddings
-
         self.cfg, self.at, self.kind = cfg, cfg.adv_train, cfg.job
         self.backbone, self.tokenizer, self.classnames = backbone, tokenizer, list(classnames)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -68,8 +75,6 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
         for name, p in backbone.model.named_parameters():
             p.requires_grad_(name.startswith(prefixes))
         if not any(n.startswith(prefixes) for n in names):
-            from clipure_lit.errors import ConfigError
-
             raise ConfigError(f"adv_train.trainable={list(prefixes)} matches no parameter of clip.arch='{cfg.clip.arch}' "
                               f"(names look like {names[:3]}).")
         with torch.no_grad():
@@ -99,8 +104,6 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
         return x_adv
 
     def training_step(self, batch, batch_idx):
-        from clipure_lit.training.clip_job import augment_uint8
-
         images, y = batch[0], batch[1]  # uint8 [B, H, W, 3], [B]
         ct = self.cfg.clip_train
         x = augment_uint8(images.cpu(), ct.crop_padding, ct.hflip).to(self.device)
@@ -127,8 +130,6 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
         log.info("step %d: val clean acc %.4f", self.global_step, acc)
 
     def export(self, path: Path) -> Path:
-        from clipure_lit.config.loader import to_plain
-
         meta = {"job": self.kind, "arch": self.cfg.clip.arch, "base": str(self.cfg.clip.pretrained),
                 "global_step": int(self.global_step), "adv_train": to_plain(self.cfg)["adv_train"]}
         return export_state_dict(self.backbone.model.state_dict(), path, self.at.export_dtype, metadata=meta)
@@ -136,13 +137,6 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 
 def run_adv(cfg, run_dir: Path, logger) -> dict:
     """Fine-tune (or resume) with FARE or TeCoA; returns final metrics."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import get_classnames
-    from clipure_lit.data.datasets import build_dataset, select_ids
-    from clipure_lit.training.common import attention_kernel, build_fit_trainer, resolve_resume
-    from clipure_lit.training.data import TrainDataModule, build_eval_subset
-    from clipure_lit.training.image_cache import load_uint8
-
     dataset = build_dataset(cfg.data)
     classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
     ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None

@@ -29,13 +29,23 @@ import logging
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, ValidationEmbeddings, copy_export, export_state_dict
+from clipure_lit.clip.backbone import load_backbone
+from clipure_lit.clip.prompts import blank_prompts, format_prompts, get_classnames, get_templates
+from clipure_lit.clip.zeroshot import class_embeddings, encode_prompts
+from clipure_lit.config.loader import load_config, to_plain
+from clipure_lit.data.datamodule import ZeroShotDataModule
+from clipure_lit.data.datasets import build_dataset, select_ids
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
+                                         build_fit_trainer, copy_export, export_state_dict, resolve_resume)
+from clipure_lit.training.data import TrainDataModule, build_eval_subset
+from clipure_lit.training.image_cache import load_uint8
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +84,6 @@ class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
         super().__init__()
-        from clipure_lit.clip.prompts import blank_prompts, format_prompts, get_templates
-
         self.cfg = cfg
         self.ct = cfg.clip_train
         self.backbone = backbone
@@ -172,8 +180,6 @@ class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
     # ---- checkpoints and export -----------------------------------------------------------------------------
     def export(self, path: Path) -> Path:
         """The open_clip state dict (``model.*`` keys of open_clip's CLIP) as safetensors, in ``export_dtype``."""
-        from clipure_lit.config.loader import to_plain
-
         meta = {"arch": self.cfg.clip.arch, "global_step": int(self.global_step), "job": "clip",
                 "clip_train": to_plain(self.cfg)["clip_train"], "optim": to_plain(self.cfg)["optim"]}
         return export_state_dict(self.backbone.model.state_dict(), path, self.ct.export_dtype, metadata=meta)
@@ -183,9 +189,6 @@ class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 def zero_shot_stats(backbone, tokenizer, classnames: list[str], prompts_cfg, z: Tensor, y: Tensor) -> dict:
     """Zero-shot top-1 of unit embeddings ``z [N, D]`` with the evaluation head, and ``cos(z, t_blank)`` statistics
     (overall and per class; ``t_blank`` = mean of the unit embeddings of the evaluation's blank prompts)."""
-    from clipure_lit.clip.prompts import blank_prompts, get_templates
-    from clipure_lit.clip.zeroshot import class_embeddings, encode_prompts
-
     was_training = backbone.training
     backbone.eval()
     C = class_embeddings(backbone, tokenizer, classnames, get_templates(prompts_cfg.class_templates))  # [D, K]
@@ -211,13 +214,6 @@ def zero_shot_stats(backbone, tokenizer, classnames: list[str], prompts_cfg, z: 
 
 def run_clip(cfg, run_dir: Path, logger) -> dict:
     """Train (or resume) the ``clip`` job; returns final metrics (also in ``results.json``)."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import get_classnames
-    from clipure_lit.data.datasets import build_dataset, select_ids
-    from clipure_lit.training.common import attention_kernel, build_fit_trainer, resolve_resume
-    from clipure_lit.training.data import TrainDataModule, build_eval_subset
-    from clipure_lit.training.image_cache import load_uint8
-
     dataset = build_dataset(cfg.data)
     classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
     ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None
@@ -252,14 +248,6 @@ def measure_blank_geometry(clip_args: list[str], data_args: list[str], batch_siz
     ``clip_args`` / ``data_args`` are eval.py-style overrides, e.g. ``["clip=cifar10_small"]`` and
     ``["data=cifar10_jpeg_shared", "data.num_samples=null"]``. Images are encoded in fp32.
     """
-    from types import SimpleNamespace
-
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.clip.prompts import blank_prompts, get_templates
-    from clipure_lit.clip.zeroshot import class_embeddings, encode_prompts
-    from clipure_lit.config.loader import load_config
-    from clipure_lit.data.datamodule import ZeroShotDataModule
-
     cfg = load_config([*clip_args, *data_args, "prompts=cifar10"])
     backbone, tokenizer = load_backbone(cfg.clip)
     dm = ZeroShotDataModule(cfg.data)

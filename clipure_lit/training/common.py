@@ -19,9 +19,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,6 @@ def attention_kernel(math_only: bool) -> Iterator[None]:
     if not math_only:
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):
         yield
@@ -140,9 +144,6 @@ def resolve_resume(cfg, run_dir: Path) -> str | None:
 def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool):
     """A ``pl.Trainer`` from ``cfg.trainer`` (devices) and ``cfg.fit`` (loop), checkpointing every
     ``fit.ckpt_every_n_steps`` steps to ``<run_dir>/checkpoints/last.ckpt``."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     fit, t = cfg.fit, cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / CKPT_DIR), filename="step{step}", auto_insert_metric_name=False,
                            every_n_train_steps=int(fit.ckpt_every_n_steps), save_top_k=1, save_last=True)
@@ -176,8 +177,6 @@ def export_state_dict(state: dict[str, Tensor], path: Path, dtype: str, metadata
                       keep_fp32: tuple[str, ...] = ()) -> Path:
     """Write ``state`` as safetensors: floating tensors cast to ``dtype`` except keys starting with one of
     ``keep_fp32``; every tensor cloned (safetensors refuses shared storage). Atomic (temp file + rename)."""
-    from safetensors.torch import save_file
-
     if dtype not in _DTYPES:
         raise ConfigError(f"Unknown export dtype '{dtype}'; valid: {sorted(_DTYPES)}.")
     out = {}
@@ -257,8 +256,6 @@ class BudgetedModule:
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Every checkpoint carries the resolved config and the elapsed time, and refreshes the exported weights
         (``<run>/export/last.safetensors``) so an interrupted run still leaves loadable weights."""
-        from clipure_lit.config.loader import to_yaml
-
         checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
         self.save_clock(checkpoint)
         if self.run_dir is not None:

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
+
 
 class TensorBatches(Dataset):
     """``dataset[list_of_indices] -> tuple of tensors [len(idx), ...]``; used with a ``BatchSampler``."""
@@ -64,7 +66,5 @@ class TrainDataModule(pl.LightningDataModule):
 
 def build_eval_subset(data_cfg):
     """The evaluation-style subset ``IndexedSubset`` (and its dataset) for ``data_cfg``."""
-    from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
-
     dataset = build_dataset(data_cfg)
     return IndexedSubset(dataset, select_ids(data_cfg, dataset)), dataset

@@ -12,29 +12,27 @@ import logging
 import time
 from typing import Callable
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig
+
+from clipure_lit.config.loader import to_plain
+from clipure_lit.loggers import build_logger
+from clipure_lit.results import write_json
+from clipure_lit.run_folder import close_logger, make_run_dir, write_config, write_environment
+from clipure_lit.training.adv_job import run_adv
+from clipure_lit.training.clip_job import run_clip
+from clipure_lit.training.common import configure_cpu
+from clipure_lit.training.prior_job import run_prior
 
 log = logging.getLogger(__name__)
 
 
 def _jobs() -> dict[str, Callable]:
-    from clipure_lit.training.adv_job import run_adv
-    from clipure_lit.training.clip_job import run_clip
-    from clipure_lit.training.prior_job import run_prior
-
     return {"clip": run_clip, "prior": run_prior, "fare": run_adv, "tecoa": run_adv}
 
 
 def run_train(cfg: DictConfig) -> dict:
     """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``)."""
-    import pytorch_lightning as pl
-
-    from clipure_lit.config.loader import to_plain
-    from clipure_lit.loggers import build_logger
-    from clipure_lit.results import write_json
-    from clipure_lit.run_folder import close_logger, make_run_dir, write_config, write_environment
-    from clipure_lit.training.common import configure_cpu
-
     configure_cpu(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)

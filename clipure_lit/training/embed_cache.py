@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clipure_lit.training.common import weights_fingerprint
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,6 @@ class CacheResult:
 
 def backbone_fingerprint(backbone) -> str:
     """Fingerprint of everything that maps pixels to embeddings in a ``ClipBackbone``."""
-    from clipure_lit.training.common import weights_fingerprint
-
     extra = {"size": backbone.image_size, "resize": backbone.resize_mode, "dtype": str(backbone.input_dtype),
              "mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist()}
     return weights_fingerprint(backbone.model, extra)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
+from torchvision.transforms import functional as TF
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,6 @@ def _key(files: list, size: int | None) -> str:
 
 
 def _decode(path: Path, size: int | None) -> np.ndarray:
-    from PIL import Image
-    from torchvision.transforms import functional as TF
-
     image = Image.open(path).convert("RGB")
     if size is not None:
         image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)

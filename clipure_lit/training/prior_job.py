@@ -25,7 +25,17 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from clipure_lit.training.common import EXPORT_DIR, BudgetedModule, copy_export, export_state_dict
+from clipure_lit.clip.backbone import load_backbone
+from clipure_lit.config.loader import to_plain
+from clipure_lit.data.datasets import build_dataset, select_ids
+from clipure_lit.errors import ConfigError
+from clipure_lit.purifiers.prior import build_prior
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, attention_kernel, build_fit_trainer, copy_export,
+                                         export_state_dict, resolve_resume)
+from clipure_lit.training.data import TrainDataModule
+from clipure_lit.training.embed_cache import cached_image_embeddings
+from clipure_lit.training.image_cache import load_uint8
+from clipure_lit.utils.paths import find_path
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +101,6 @@ class PriorTrainModule(BudgetedModule, pl.LightningModule):
 
     def export(self, path: Path) -> Path:
         """The ``DiffusionPrior`` state dict (network weights in ``export_dtype``, schedule buffers in fp32)."""
-        from clipure_lit.config.loader import to_plain
-
         buffers = tuple(name for name, _ in self.prior.named_buffers())
         meta = {"job": "prior", "global_step": int(self.global_step), "clip_arch": self.cfg.clip.arch,
                 "clip_pretrained": str(self.cfg.clip.pretrained), "prior": to_plain(self.cfg)["prior_train"]["prior"]}
@@ -101,10 +109,6 @@ class PriorTrainModule(BudgetedModule, pl.LightningModule):
 
 def _embeddings(cfg, backbone, data_cfg):
     """Cached unit embeddings ``[N, D]`` of the evaluation-style subset of ``data_cfg``."""
-    from clipure_lit.data.datasets import build_dataset, select_ids
-    from clipure_lit.training.embed_cache import cached_image_embeddings
-    from clipure_lit.utils.paths import find_path
-
     dataset = build_dataset(data_cfg)
     ids = select_ids(data_cfg, dataset) if (data_cfg.num_samples is not None or data_cfg.ids_file) else list(range(len(dataset)))
     root = find_path(data_cfg.root)
@@ -112,8 +116,6 @@ def _embeddings(cfg, backbone, data_cfg):
              "image_size": data_cfg.image_size, "n_total": len(dataset)}
     load_batch = None
     if cfg.prior_train.image_cache_dir and dataset.files is not None:
-        from clipure_lit.training.image_cache import load_uint8
-
         images, _ = load_uint8(dataset, cfg.prior_train.image_cache_dir, ids)  # [N, S, S, 3] uint8, decoded once
 
         def load_batch(start: int, stop: int) -> torch.Tensor:  # same values as dataset.load: uint8 / 255
@@ -125,12 +127,6 @@ def _embeddings(cfg, backbone, data_cfg):
 
 def run_prior(cfg, run_dir: Path, logger) -> dict:
     """Embed (or reuse the cache), train the prior, export it; returns final metrics."""
-    from clipure_lit.clip.backbone import load_backbone
-    from clipure_lit.errors import ConfigError
-    from clipure_lit.purifiers.prior import build_prior
-    from clipure_lit.training.common import attention_kernel, build_fit_trainer, resolve_resume
-    from clipure_lit.training.data import TrainDataModule
-
     pcfg = cfg.prior_train.prior
     backbone, _ = load_backbone(cfg.clip)
     if pcfg.dim != backbone.embed_dim:
