@@ -40,10 +40,10 @@ class Crash(pl.Callback):
 
 
 def _with_crash(monkeypatch, after: int) -> None:
-    import clipure_lit.callbacks.build as build
+    import clipure_lit.evaluation as evaluation
 
-    original = build.eval_callbacks
-    monkeypatch.setattr(build, "eval_callbacks", lambda cfg, run_dir: [Crash(after)] + original(cfg, run_dir))
+    original = evaluation.eval_callbacks
+    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [Crash(after)] + original(cfg, run_dir))
 
 
 def _args(tmp_path, *extra):
