@@ -30,7 +30,9 @@ from clipure_lit.models.lit_module import ZeroShotLitModule
 from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import read_json, write_json
-from clipure_lit.run_folder import checkpoint_hashes, close_logger, make_run_dir, write_config, write_environment
+from clipure_lit.config.validate import check_accelerator_present
+from clipure_lit.run_folder import (checkpoint_hashes, close_logger, exclusive_run_folder, make_run_dir, write_config,
+                                    write_environment)
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -108,33 +110,33 @@ def run_eval(cfg: DictConfig) -> dict:
     """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
+    check_accelerator_present(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
+    with exclusive_run_folder(run_dir):
+        timer = PhaseTimer()
+        # Attacks and resumption are checked before anything is written to the run folder.
+        callbacks = eval_callbacks(cfg, run_dir)
+        write_config(run_dir, cfg)
+        with timer.phase("setup_data"):
+            datamodule = ZeroShotDataModule(cfg.data)
+            datamodule.setup("test")  # fails now, with the path, if the data is missing
+        env = write_environment(run_dir, sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
+                                checkpoints=checkpoint_hashes(cfg))
 
-    timer = PhaseTimer()
-    # Attacks and resumption are checked before anything is written to the run folder.
-    callbacks = eval_callbacks(cfg, run_dir)
-    write_config(run_dir, cfg)
-    with timer.phase("setup_data"):
-        datamodule = ZeroShotDataModule(cfg.data)
-        datamodule.setup("test")  # fails now, with the path, if the data is missing
-    env = write_environment(run_dir, sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
-                            checkpoints=checkpoint_hashes(cfg))
-
-    classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
-    module = ZeroShotLitModule(classifier)
-    writer = ResultsWriter(run_dir, extra={"environment": env,
-                                                                  "purifiers": [p.describe() for p in classifier.purifiers]})
-    logger = build_logger(cfg, run_dir, to_plain(cfg))
-    trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
-    try:
-        with timer.phase("test_loop"):
-            trainer.test(module, datamodule=datamodule, verbose=False)
-    finally:
-        if trainer.is_global_zero:  # also after a failure: where the time went up to that point
-            write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
-                                                  "note": "wall clock in the launching process; per-sample times of the "
-                                                          "test loop's parts are in results.json (time_per_sample_s)"})
-        close_logger(logger)
-
-    return read_json(run_dir / "results.json")
+        classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
+        module = ZeroShotLitModule(classifier)
+        writer = ResultsWriter(run_dir, extra={"environment": env,
+                                                                      "purifiers": [p.describe() for p in classifier.purifiers]})
+        logger = build_logger(cfg, run_dir, to_plain(cfg))
+        trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
+        try:
+            with timer.phase("test_loop"):
+                trainer.test(module, datamodule=datamodule, verbose=False)
+        finally:
+            if trainer.is_global_zero:  # also after a failure: where the time went up to that point
+                write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
+                                                      "note": "wall clock in the launching process; per-sample times of the "
+                                                              "test loop's parts are in results.json (time_per_sample_s)"})
+            close_logger(logger)
+        return read_json(run_dir / "results.json")

@@ -1,6 +1,8 @@
 """The run folder's lifecycle, the same for an evaluation (``eval.py``) and a training run (``train.py``).
 
-In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_root>/<cfg.name>/<timestamp>``),
+In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_root>/<cfg.name>/<timestamp>``;
+a folder that cannot be written is a one-paragraph error), holds :func:`exclusive_run_folder` (one process per
+folder) for the rest,
 :func:`write_config` (the fully resolved ``config.yaml``, before any work), :func:`write_environment`
 (``environment.json``: Python, platform, package versions, git commit, plus what the caller adds, e.g.
 :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
@@ -8,19 +10,29 @@ In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import logging
+import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from clipure_lit.config.loader import to_yaml
+from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
 from clipure_lit.utils.paths import find_path
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"  # held by the process running in the folder
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
               "omegaconf", "clip-benchmark", "diffusers")
@@ -34,8 +46,48 @@ def make_run_dir(cfg: DictConfig) -> Path:
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir = Path(cfg.output_root) / cfg.name / stamp
-    run_dir.mkdir(parents=True, exist_ok=True)
+    key = "run_dir" if cfg.run_dir else "output_root"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Cannot create the run folder '{run_dir}' ({key}): {exc.strerror or exc}. Fix: choose a "
+                          f"writable {key}=<folder>.") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"The run folder '{run_dir}' ({key}) is not writable. Fix: choose a writable {key}=<folder>, or "
+                          "change the folder's permissions.")
     return run_dir
+
+
+def _launched_rank() -> int:
+    """This process's rank as launchers announce it (torchrun, Lightning's DDP launcher, SLURM); 0 when none does."""
+    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        value = os.environ.get(var, "0")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+@contextlib.contextmanager
+def exclusive_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` for the block, so a second process on the same folder fails at once instead of
+    mixing its per-sample records and results with this run's. Only the process that launches a run (rank 0) takes
+    it; the operating system releases it when the process ends, crashed or not."""
+    if _launched_rank() != 0:
+        yield
+        return
+    lock = FileLock(str(Path(run_dir) / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"The run folder '{run_dir}' is in use by another process (it holds {Path(run_dir) / LOCK_NAME}). "
+                          "Two runs writing one folder would mix their results. Fix: wait for that run to end (resume it "
+                          "then with resume=true), or give this one another run_dir. A crashed run holds no lock.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot lock the run folder '{run_dir}': {exc.strerror or exc}. Fix: choose a writable run_dir.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def environment_info() -> dict:
@@ -57,24 +109,55 @@ def environment_info() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions, "git_commit": commit}
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED_SUMS = SHIPPED_DIR / "SHA256SUMS"  # `sha256sum` format, committed with the shipped weights
+
+
+def shipped_sha256() -> dict[Path, str]:
+    """``{resolved path: SHA-256}`` of the weights that ship in ``checkpoints/`` (empty when the list is absent)."""
+    if not SHIPPED_SUMS.is_file():
+        return {}
+    sums = {}
+    for line in SHIPPED_SUMS.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[(SHIPPED_DIR / name.strip().lstrip("*")).resolve()] = digest
+    return sums
+
+
+def _sha256(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_hashes(cfg: DictConfig) -> dict:
     """SHA-256 of every local weight file the run loads (CLIP checkpoint, and each chosen purifier's
-    ``weight_files``: a diffusion prior, a diffusion UNet folder)."""
+    ``weight_files``: a diffusion prior, a diffusion UNet folder). A shipped file (``checkpoints/``) whose hash is
+    not the committed one (``checkpoints/SHA256SUMS``) is logged as a warning and recorded with
+    ``"matches_shipped": false``: every number of the run comes from weights that are not the shipped ones."""
     candidates = {"clip.pretrained": cfg.clip.pretrained}
     if "purifier" in cfg:  # training runs have no purifier section
         for where, section in chosen_sections(cfg).items():
             candidates.update(section.weight_files(where))
+    shipped = shipped_sha256()
     out = {}
     for key, value in candidates.items():
         path = find_path(value) if value else None
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else [path] if path else []
         if files:
-            digest = hashlib.sha256()
-            for f in files:
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-            out[key] = {"path": str(path), "sha256": digest.hexdigest()}
+            out[key] = {"path": str(path), "sha256": _sha256(files)}
+            expected = shipped.get(path.resolve())
+            if expected is not None:
+                out[key]["matches_shipped"] = out[key]["sha256"] == expected
+                if expected != out[key]["sha256"]:
+                    log.warning("%s=%s is a shipped checkpoint, but its SHA-256 %s is not the committed %s (%s): it was "
+                                "modified, and this run's numbers are not those of the shipped model. Fix: `git checkout "
+                                "-- %s` restores it.", key, value, out[key]["sha256"][:12], expected[:12],
+                                SHIPPED_SUMS.name, path)
     return out
 
 

@@ -23,7 +23,7 @@ from clipure_lit.evaluation import run_eval
 from clipure_lit.loggers import log_table_to_wandb
 from clipure_lit.reporting.suite_tables import average, defence_name, write_tables
 from clipure_lit.results import read_json, write_json
-from clipure_lit.run_folder import make_run_dir, write_config
+from clipure_lit.run_folder import exclusive_run_folder, make_run_dir, write_config
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +62,37 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     if not entries:
         raise ConfigError(f"Suite '{cfg.suite.name}' selects no dataset (suite.only={list(cfg.suite.only)}).")
     out = make_run_dir(cfg)
-    write_config(out, cfg)
-    rows = []
-    for index, entry in enumerate(entries, 1):
-        name = entry_name(entry)
-        run_dir = out / name
-        done = run_dir / "results.json"
-        if cfg.get("resume", False) and done.is_file():
-            log.info("[%d/%d] %s: finished earlier, reusing %s", index, len(entries), name, done)
-            rows.append(_row(name, read_json(done)))
-            continue
-        log.info("[%d/%d] %s", index, len(entries), name)
-        try:
-            results = run_eval(load_config(dataset_argv(cfg, argv, entry, run_dir)))
-        except DataNotFoundError as exc:
-            log.warning("%s skipped: %s", name, exc)
-            rows.append({"dataset": name, "status": "skipped", "reason": str(exc)})
-            continue
-        rows.append(_row(name, results))
-    summary = {"suite": cfg.suite.name, "compare": str(cfg.suite.compare.value), "run_dir": str(out), "rows": rows,
-               "average": average(rows)}
-    write_json(out / "suite.json", summary)
-    # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
-    column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
-    write_tables(out, {column: rows})
-    if cfg.logger.name == "wandb":
-        avg = summary["average"]
-        log_table_to_wandb(cfg, out, f"{cfg.name}-{cfg.suite.name}", out / "suite.csv", out / "suite.png",
-                           {"suite/avg_clean_acc": avg["clean"], "suite/avg_robust_acc": avg["robust"],
-                            "suite/num_datasets": avg["num_datasets"]})
-    return summary
+    with exclusive_run_folder(out):  # each entry's run_eval locks its own sub-folder
+        write_config(out, cfg)
+        rows = []
+        for index, entry in enumerate(entries, 1):
+            name = entry_name(entry)
+            run_dir = out / name
+            done = run_dir / "results.json"
+            if cfg.get("resume", False) and done.is_file():
+                log.info("[%d/%d] %s: finished earlier, reusing %s", index, len(entries), name, done)
+                rows.append(_row(name, read_json(done)))
+                continue
+            log.info("[%d/%d] %s", index, len(entries), name)
+            try:
+                results = run_eval(load_config(dataset_argv(cfg, argv, entry, run_dir)))
+            except DataNotFoundError as exc:
+                log.warning("%s skipped: %s", name, exc)
+                rows.append({"dataset": name, "status": "skipped", "reason": str(exc)})
+                continue
+            rows.append(_row(name, results))
+        summary = {"suite": cfg.suite.name, "compare": str(cfg.suite.compare.value), "run_dir": str(out), "rows": rows,
+                   "average": average(rows)}
+        write_json(out / "suite.json", summary)
+        # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
+        column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
+        write_tables(out, {column: rows})
+        if cfg.logger.name == "wandb":
+            avg = summary["average"]
+            log_table_to_wandb(cfg, out, f"{cfg.name}-{cfg.suite.name}", out / "suite.csv", out / "suite.png",
+                               {"suite/avg_clean_acc": avg["clean"], "suite/avg_robust_acc": avg["robust"],
+                                "suite/num_datasets": avg["num_datasets"]})
+        return summary
 
 
 def _row(dataset: str, results: dict) -> dict:

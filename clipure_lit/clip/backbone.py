@@ -7,7 +7,9 @@ defined on the input pixels, as in AutoAttack/RobustBench and in the released CL
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
@@ -77,19 +79,76 @@ def apply_released_mixed_precision(model: nn.Module) -> None:
             param.data = param.data.half()
 
 
-def register_model_config(cfg: ClipCfg) -> None:
-    """Make a custom open_clip model-config JSON available under ``cfg.arch``."""
-    import open_clip  # heavy: ~4 s to import (timm, torchvision); only building a model needs it
-
-    if cfg.model_config is None:
-        return
+def read_model_config(cfg: ClipCfg) -> dict:
+    """The JSON of ``cfg.model_config`` (its file stem must equal ``cfg.arch``); a malformed file is a ConfigError."""
     path = resolve_path(cfg.model_config, "open_clip model config (clip.model_config)")
     if path.stem != cfg.arch:
         raise ConfigError(
             f"clip.model_config='{cfg.model_config}' registers a model named '{path.stem}' (its file stem), but "
             f"clip.arch='{cfg.arch}'. Fix: set clip.arch={path.stem}."
         )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"clip.model_config='{cfg.model_config}' is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                          f"column {exc.colno}). Fix the file: an open_clip model config with embed_dim, vision_cfg and text_cfg.") from None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise ConfigError(f"clip.model_config='{cfg.model_config}' must be an open_clip model config: a JSON object with "
+                          "embed_dim, vision_cfg and text_cfg (see open_clip/model_configs/*.json).")
+    return config
+
+
+def register_model_config(cfg: ClipCfg) -> None:
+    """Make a custom open_clip model-config JSON available under ``cfg.arch``. A ``preprocess_cfg`` entry (the
+    model's normalisation, read by :func:`resolve_normalisation`) is not a model argument: open_clip would pass it to
+    the model class, so a copy without it is registered."""
+    import open_clip  # heavy: ~4 s to import (timm, torchvision); only building a model needs it
+
+    if cfg.model_config is None:
+        return
+    config = read_model_config(cfg)
+    path = resolve_path(cfg.model_config, "open_clip model config (clip.model_config)")
+    if "preprocess_cfg" in config:
+        folder = Path(tempfile.mkdtemp(prefix="clipure_lit_model_config_"))
+        path = folder / f"{cfg.arch}.json"
+        path.write_text(json.dumps({k: v for k, v in config.items() if k != "preprocess_cfg"}))
     open_clip.add_model_config(Path(path))
+
+
+def resolve_normalisation(cfg: ClipCfg) -> tuple[list[float], list[float], str]:
+    """``(mean, std, source)`` of the model's input normalisation, without building the model.
+
+    In order: ``clip.mean`` / ``clip.std`` when set; the model config's ``preprocess_cfg``; open_clip's values for a
+    named pretrained tag; OpenAI's values (``source`` says which, e.g. ``"openai default (local checkpoint)"``).
+    """
+    import open_clip  # heavy: ~4 s to import (timm, torchvision); config validation of a CLIP run needs it anyway
+
+    if cfg.mean is not None and cfg.std is not None:
+        return list(cfg.mean), list(cfg.std), "clip.mean/clip.std"
+    if cfg.model_config is not None:
+        pp = read_model_config(cfg).get("preprocess_cfg") or {}
+        if "mean" in pp and "std" in pp:
+            return [float(v) for v in pp["mean"]], [float(v) for v in pp["std"]], f"preprocess_cfg of {cfg.model_config}"
+    pretrained = cfg.pretrained
+    if pretrained and not Path(pretrained).is_file() and not str(cfg.arch).startswith("hf-hub:"):
+        known = open_clip.get_pretrained_cfg(cfg.arch, pretrained) or {}
+        if "mean" in known and "std" in known:
+            return [float(v) for v in known["mean"]], [float(v) for v in known["std"]], f"open_clip ({cfg.arch}/{pretrained})"
+    source = "openai default" + (" (local checkpoint)" if pretrained and Path(pretrained).is_file() else "")
+    return list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD), source
+
+
+def unreadable_checkpoint_message(cfg: ClipCfg, exc: Exception) -> str:
+    """One paragraph for a local ``clip.pretrained`` file that open_clip could not load into ``clip.arch``."""
+    detail = " ".join(str(exc).split())
+    detail = detail if len(detail) <= 600 else detail[:600] + " ..."
+    if "weights_only" in detail:  # torch's advice to unpickle arbitrary objects must never be followed for weights
+        detail = detail.split("Weights only load failed")[0].strip() or "it holds pickled objects other than tensors"
+    return (f"clip.pretrained='{cfg.pretrained}' could not be loaded into clip.arch='{cfg.arch}': {type(exc).__name__}: "
+            f"{detail}. Expected an open_clip or OpenAI state dict (.pt/.pth/.bin, read with torch.load(weights_only=True); "
+            "never load weights with weights_only=False) or a .safetensors file, whose keys and shapes match the "
+            "architecture. Fix: point clip.pretrained at such a file, or clip.arch / clip.model_config at the architecture "
+            "it was saved from.")
 
 
 def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
@@ -111,7 +170,12 @@ def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
     with torch.random.fork_rng(devices=[]):
         # Random initialisation (pretrained=None) must not depend on, or disturb, the global RNG.
         torch.manual_seed(cfg.init_seed)
-        model = open_clip.create_model(cfg.arch, pretrained=pretrained, cache_dir=cfg.cache_dir, device=device)
+        try:
+            model = open_clip.create_model(cfg.arch, pretrained=pretrained, cache_dir=cfg.cache_dir, device=device)
+        except Exception as exc:  # any failure to read a local file (torch's unpickler raises several types)
+            if pretrained is None or not Path(pretrained).is_file():
+                raise
+            raise ConfigError(unreadable_checkpoint_message(cfg, exc)) from None
     model.eval().requires_grad_(False)
     input_dtype = torch.float32
     if cfg.precision == Precision.mixed_fp16:
@@ -120,8 +184,11 @@ def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
+    if cfg.mean is not None and cfg.std is not None:  # filled in when the config was composed (resolve_normalisation)
+        mean, std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+    else:  # hf-hub models: their preprocessing config comes with the weights
+        mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
     backbone = ClipBackbone(model, size, mean, std, cfg.resize_mode.value if hasattr(cfg.resize_mode, "value") else str(cfg.resize_mode),
                             input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}")
     tokenizer = open_clip.get_tokenizer(cfg.arch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 
 class Precision(str, Enum):
@@ -45,6 +45,11 @@ class ClipCfg:
     logit_scale: Optional[float] = None
     # Seed for random initialisation when ``pretrained`` is null, so random test models are reproducible.
     init_seed: int = 0
+    # Per-channel normalisation applied inside the model, in [0, 1] pixel units. null: what open_clip knows for the
+    # named pretrained weights, else the model config's ``preprocess_cfg``, else OpenAI's values (logged for a local
+    # checkpoint). The values used are filled in when the config is composed, so config.yaml records them.
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
 
 
 @dataclass

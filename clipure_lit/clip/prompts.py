@@ -8,14 +8,17 @@ Sources:
 * a user JSON file in CLIP_benchmark's format: ``path.json`` (a list, or a mapping with one key) or
   ``path.json:key``.
 
-Templates are ``str.format`` strings with a ``{c}`` placeholder. The blank prompts of CLIPure are the templates
-formatted with an empty class name, keeping their artefacts ("a bad photo of a .", "a  in a video game.").
+Templates are ``str.format`` strings with a ``{c}`` placeholder; the positional ``{}`` style is read as ``{c}``.
+Class templates without a placeholder would give every class the same prompts, so they are refused
+(:func:`require_class_placeholder`). The blank prompts of CLIPure are the templates formatted with an empty class
+name, keeping their artefacts ("a bad photo of a .", "a  in a video game.").
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import string
 from importlib import resources
 
 from clipure_lit.errors import ConfigError
@@ -55,7 +58,12 @@ def _from_json_file(spec: str, kind: str) -> list[str] | None:
     found = find_path(path_str)
     if found is None:
         raise ConfigError(f"{kind} file '{path_str}' does not exist. Fix the path (relative paths start at the current directory).")
-    data = json.loads(found.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(found.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{kind} file '{path_str}' is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "
+                          "Fix the file: a JSON list of strings, or an object mapping names to lists (CLIP_benchmark's "
+                          "format).") from None
     if isinstance(data, list):
         return [str(x) for x in data]
     if not isinstance(data, dict):
@@ -96,11 +104,42 @@ def _open_clip_imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
+def normalise_template(template: str, where: str) -> str:
+    """``template`` with its placeholder spelled ``{c}``: ``{}`` (positional) becomes ``{c}``; any other field, a
+    conversion or a malformed brace is a :class:`ConfigError` naming ``where``."""
+    out = []
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"Template {template!r} in {where} is not a valid format string ({exc}). Fix: write the class "
+                          "name as {c} (or {}) and double literal braces ({{ and }}).") from None
+    for literal, field, spec, conversion in parts:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is None:
+            continue
+        if field not in ("", "c", "0") or spec or conversion:
+            raise ConfigError(f"Template {template!r} in {where} has the field {{{field}}}; templates take one placeholder "
+                              "for the class name, {c} (or {}). Fix the template.")
+        out.append("{c}")
+    return "".join(out)
+
+
 def get_templates(name: str) -> list[str]:
-    """Templates of a named set as ``{c}`` format strings."""
+    """Templates of a named set as ``{c}`` format strings (``{}`` placeholders are read as ``{c}``)."""
     sets = {n: (lambda n=n: _open_clip_templates(n)) for n in OPEN_CLIP_TEMPLATE_SETS}
-    return _lookup(name, "Template", sets, clip_benchmark_templates(), available_template_sets(),
-                   "or a JSON file 'path.json[:key]' in CLIP_benchmark's format.")
+    templates = _lookup(name, "Template", sets, clip_benchmark_templates(), available_template_sets(),
+                        "or a JSON file 'path.json[:key]' in CLIP_benchmark's format.")
+    return [normalise_template(t, f"template set '{name}'") for t in templates]
+
+
+def require_class_placeholder(templates: list[str], key: str, name: str) -> None:
+    """Class templates must contain the class name: without ``{c}`` every class gets the same prompt, and the
+    classifier guesses. A :class:`ConfigError` names the key, the set and the templates without it."""
+    missing = [t for t in templates if "{c}" not in t]
+    if missing:
+        raise ConfigError(f"{key}='{name}' has {len(missing)} template(s) without a class-name placeholder, e.g. "
+                          f"{missing[0]!r}: every class would get the same prompt. Fix: write the class name as {{c}} "
+                          "(or {}) in every template, or choose another set.")
 
 
 def get_classnames(name: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -58,34 +59,69 @@ def text_tower_fingerprint(backbone) -> str:
 
 
 class TextEmbeddingCache:
-    """Stores text-embedding tensors under ``cache_dir``, keyed by everything that determines them."""
+    """Stores text-embedding tensors under ``cache_dir``, keyed by everything that determines them.
+
+    Each entry is ``{"key", "spec", "shape", "sha256", "value"}``: what it was computed from and a checksum of the
+    tensor's bytes. An entry is used only when it loads with ``weights_only=True`` and its key, its shape (and the
+    shape the caller expects) and its checksum all match; otherwise it is recomputed, with a warning, and replaced.
+    """
 
     def __init__(self, cache_dir: str | Path | None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.hits = 0  # tensors read from the cache
         self.misses = 0  # tensors computed (and stored when there is a cache_dir)
+        self._specs: dict[str, str] = {}
 
     def key(self, backbone, kind: str, prompts_spec: dict) -> str:
         payload = json.dumps({"model": backbone.name, "fp": text_tower_fingerprint(backbone), "dtype": str(backbone.input_dtype),
                               "kind": kind, **prompts_spec}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+        key = hashlib.sha256(payload.encode()).hexdigest()[:24]
+        self._specs[key] = payload
+        return key
 
-    def get_or_compute(self, key: str, compute) -> Tensor:
+    @staticmethod
+    def checksum(value: Tensor) -> str:
+        return hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+    def _verified(self, path: Path, key: str, shape: tuple[int, ...] | None) -> Tensor | None:
+        """The cached tensor when the entry at ``path`` is intact and is the one for ``key``; None (with a warning
+        saying why) otherwise."""
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file from a killed run, or not a cache entry at all
+            problem = f"unreadable ({type(exc).__name__})"
+        else:
+            value = entry.get("value") if isinstance(entry, dict) else None
+            if not isinstance(value, Tensor):
+                problem = "not a verified cache entry (written by an older version, or another file)"
+            elif entry.get("key") != key:
+                problem = f"stored for another key ({entry.get('key')})"
+            elif list(value.shape) != list(entry.get("shape", [])) or (shape is not None and tuple(value.shape) != tuple(shape)):
+                problem = f"of shape {tuple(value.shape)}, expected {tuple(shape) if shape is not None else entry.get('shape')}"
+            elif self.checksum(value) != entry.get("sha256"):
+                problem = "corrupted (its checksum does not match its values)"
+            else:
+                return value
+        log.warning("Text-embedding cache entry %s is %s: recomputing it.", path, problem)
+        return None
+
+    def get_or_compute(self, key: str, compute, shape: tuple[int, ...] | None = None) -> Tensor:
+        """The tensor for ``key``: from the cache when a verified entry exists (``shape``: the shape it must have),
+        else ``compute()``, stored atomically (concurrent ranks never read half a file)."""
         path = self.cache_dir / f"{key}.pt" if self.cache_dir else None
         if path is not None and path.is_file():
-            try:
-                value = torch.load(path, map_location="cpu", weights_only=True)
+            value = self._verified(path, key, shape)
+            if value is not None:
                 self.hits += 1
                 return value
-            except Exception as exc:  # a truncated file from a killed run: recompute
-                log.warning("Ignoring unreadable text-embedding cache %s (%s)", path, exc)
         self.misses += 1
         value = compute().cpu()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(value, tmp)
-            tmp.replace(path)  # atomic, so concurrent ranks never read half a file
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"key": key, "spec": self._specs.get(key, ""), "shape": list(value.shape),
+                        "sha256": self.checksum(value), "value": value}, tmp)
+            tmp.replace(path)
         return value
 
 
@@ -109,7 +145,8 @@ class ZeroShotHead(nn.Module):
 def build_head(backbone, tokenizer, classnames: list[str], templates: list[str], cache: TextEmbeddingCache,
                logit_scale: float | None = None) -> ZeroShotHead:
     key = cache.key(backbone, "class", {"classnames": classnames, "templates": templates})
-    weights = cache.get_or_compute(key, lambda: class_embeddings(backbone, tokenizer, classnames, templates))
+    weights = cache.get_or_compute(key, lambda: class_embeddings(backbone, tokenizer, classnames, templates),
+                                   shape=(backbone.embed_dim, len(classnames)))  # [D, K]
     scale = backbone.logit_scale if logit_scale is None else float(logit_scale)
     return ZeroShotHead(weights, scale, classnames).to(backbone.mean.device)
 
@@ -118,4 +155,4 @@ def build_blank_anchor(backbone, tokenizer, prompts: list[str], cache: TextEmbed
     """Mean of the unit embeddings of the blank prompts, ``[D]`` (not renormalised, as released; only its
     direction matters to a cosine)."""
     key = cache.key(backbone, "blank", {"prompts": prompts})
-    return cache.get_or_compute(key, lambda: encode_prompts(backbone, tokenizer, prompts).mean(0))
+    return cache.get_or_compute(key, lambda: encode_prompts(backbone, tokenizer, prompts).mean(0), shape=(backbone.embed_dim,))

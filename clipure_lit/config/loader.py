@@ -53,7 +53,10 @@ def _read_yaml(path: Path, what: str) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError and friends: report the file, not the parser internals
-        raise ConfigError(f"Could not parse YAML file '{path}': {exc}") from exc
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"Could not parse YAML file '{path}': {detail}. Fix the YAML syntax at the line and column "
+                          "shown: indent with spaces (no tabs), put a space after every ':', close every bracket and quote, "
+                          "and quote values that contain ': ' or start with a special character such as '{', '[', '*' or '@'.") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"YAML file '{path}' must contain a mapping of keys to values, got a {type(loaded).__name__}.")
     return loaded

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import DictConfig
 
 from clipure_lit.clip.config import ClipCfg, PromptsCfg
-from clipure_lit.clip.prompts import get_templates
+from clipure_lit.clip.prompts import get_templates, require_class_placeholder
 from clipure_lit.config.schema import TrainerCfg
-from clipure_lit.config.validate import validate_clip
+from clipure_lit.config.validate import validate_clip, validate_trainer_and_logger
 from clipure_lit.data.config import DataCfg
 from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
@@ -93,7 +94,8 @@ class ClipTrainCfg:
     image_cache_dir: str = ".cache/clipure_lit/images"
     # Dtype of the exported open_clip state dict: fp16 (half the size) or fp32.
     export_dtype: str = "fp16"
-    # Also copy the final exported weights to this path (e.g. checkpoints/<name>.safetensors); null: run folder only.
+    # Also copy the final exported weights to this path; null: the run folder only (<run_dir>/export/). An existing
+    # file there is never replaced unless overwrite=true.
     export_to: Optional[str] = None
 
 
@@ -140,6 +142,8 @@ class TrainRunCfg:
     output_root: str = "runs"
     run_dir: Optional[str] = None
     seed: int = 0
+    # Allow the job to replace an existing file named by <job>_train.export_to (never implied).
+    overwrite: bool = False
     clip: ClipCfg = field(default_factory=ClipCfg)
     # Training data (a dataset of the registry; data.batch_size is the training batch size).
     data: DataCfg = field(default_factory=lambda: DataCfg(split="train", num_samples=None, batch_size=256))
@@ -153,6 +157,16 @@ class TrainRunCfg:
     clip_train: ClipTrainCfg = field(default_factory=ClipTrainCfg)
     prior_train: PriorTrainCfg = field(default_factory=PriorTrainCfg)
     adv_train: AdvTrainCfg = field(default_factory=AdvTrainCfg)
+
+
+def check_export_destination(dest: str | None, key: str, overwrite: bool) -> None:
+    """An export destination must not replace an existing file unless ``overwrite`` (shipped weights are read-only
+    to the project's own jobs); checked before training starts and again before the copy."""
+    if dest and Path(dest).exists() and not overwrite:
+        raise ConfigError(f"{key}='{dest}' exists already, and a training job never replaces a file it did not create "
+                          "unless told to (the shipped checkpoints/ are what every evaluation loads). Fix: leave "
+                          f"{key}=null (the weights are exported into the run folder, <run_dir>/export/), choose a new "
+                          "path, or pass overwrite=true to replace it.")
 
 
 def _check_dtype(value: str, key: str) -> None:
@@ -173,17 +187,21 @@ def validate_train_config(cfg: DictConfig) -> None:
         if cfg[key].batch_size <= 0:
             raise ConfigError(f"{key}.batch_size={cfg[key].batch_size} must be a positive integer.")
     validate_clip(cfg)
-    get_templates(cfg.prompts.class_templates)
+    validate_trainer_and_logger(cfg)
+    require_class_placeholder(get_templates(cfg.prompts.class_templates), "prompts.class_templates", cfg.prompts.class_templates)
     if cfg.prompts.blank_prompt is None:
         get_templates(cfg.prompts.blank_templates)
     ct = cfg.clip_train
-    get_templates(ct.class_templates)
+    require_class_placeholder(get_templates(ct.class_templates), "clip_train.class_templates", ct.class_templates)
+    require_class_placeholder(get_templates(cfg.adv_train.class_templates), "adv_train.class_templates", cfg.adv_train.class_templates)
     for name in list(ct.caption_templates) + list(ct.blank_templates):
         get_templates(name)
     if not -1.0 < ct.blank_target < 1.0:
         raise ConfigError(f"clip_train.blank_target={ct.blank_target} must be a cosine in (-1, 1).")
     if ct.blank_per_step < 0 or ct.crop_padding < 0:
         raise ConfigError("clip_train.blank_per_step and clip_train.crop_padding must be >= 0.")
+    section = {"clip": "clip_train", "prior": "prior_train", "fare": "adv_train", "tecoa": "adv_train"}[cfg.job]
+    check_export_destination(cfg[section].export_to, f"{section}.export_to", cfg.overwrite)
     for key, value in (("clip_train.export_dtype", ct.export_dtype), ("prior_train.export_dtype", cfg.prior_train.export_dtype),
                        ("adv_train.export_dtype", cfg.adv_train.export_dtype)):
         _check_dtype(value, key)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -105,7 +106,12 @@ def _construct(cfg: Any) -> nn.Module:
 
 def _read_checkpoint(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:  # truncated, or not a safetensors file
+            raise ConfigError(f"Could not read the prior checkpoint {CHECKPOINT_KEY}='{path}' as safetensors ({exc}): the "
+                              "file is truncated or not a safetensors file. Fix: download or export it again (shipped "
+                              "files: `git checkout -- checkpoints/`; their SHA-256 is in checkpoints/SHA256SUMS).") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled objects other than tensors and containers

@@ -153,6 +153,6 @@ def run_adv(cfg, run_dir: Path, logger) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)
     fit_s = time.perf_counter() - start
     export = module.export(run_dir / EXPORT_DIR / f"{cfg.clip.arch}_{cfg.job}.safetensors")
-    shipped = copy_export(export, cfg.adv_train.export_to)
+    shipped = copy_export(export, cfg.adv_train.export_to, "adv_train.export_to", cfg.overwrite)
     return {"job": cfg.job, "global_step": int(trainer.global_step), "fit_seconds": round(fit_s, 1), "export": str(export),
             "export_to": shipped, **{f"val/{k}": v for k, v in module.last_val.items()}}

@@ -232,7 +232,7 @@ def run_clip(cfg, run_dir: Path, logger) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     elapsed = time.perf_counter() - start
     export = module.export(run_dir / EXPORT_DIR / f"{cfg.clip.arch}.safetensors")
-    shipped = copy_export(export, cfg.clip_train.export_to)
+    shipped = copy_export(export, cfg.clip_train.export_to, "clip_train.export_to", cfg.overwrite)
     return {"job": "clip", "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "fit_seconds": round(elapsed, 1), "export": str(export), "export_to": shipped,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from clipure_lit.config.loader import to_yaml
+from clipure_lit.config.train_schema import check_export_destination
 from clipure_lit.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,12 @@ def export_state_dict(state: dict[str, Tensor], path: Path, dtype: str, metadata
     return path
 
 
-def copy_export(src: Path, dest: str | None) -> str | None:
-    """Copy the exported file to ``dest`` (e.g. into checkpoints/); returns the destination or None."""
+def copy_export(src: Path, dest: str | None, key: str, overwrite: bool) -> str | None:
+    """Copy the exported file to ``dest`` (a path the user named in ``key``); returns the destination or None.
+    An existing ``dest`` is replaced only with ``overwrite`` (:func:`check_export_destination`)."""
     if not dest:
         return None
+    check_export_destination(dest, key, overwrite)
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, target)

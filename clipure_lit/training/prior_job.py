@@ -150,7 +150,7 @@ def run_prior(cfg, run_dir: Path, logger) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)
     fit_s = time.perf_counter() - start
     export = module.export(run_dir / EXPORT_DIR / "prior.safetensors")
-    shipped = copy_export(export, cfg.prior_train.export_to)
+    shipped = copy_export(export, cfg.prior_train.export_to, "prior_train.export_to", cfg.overwrite)
     return {"job": "prior", "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "num_embeddings": int(z.shape[0]), "embedded_now": int(train.computed), "embed_seconds": round(embed_s, 1),
             "embed_cache": str(train.path), "fit_seconds": round(fit_s, 1), "export": str(export), "export_to": shipped,

@@ -32,6 +32,9 @@ def test_help_lists_jobs_groups_and_training_keys(capsys):
     (["experiment=train_cifar10_small_clip", "purifier=clipure_cos"], "is not used by train.py"),
     (["experiment=train_cifar10_small_prior", "prior_train.val_t_max=1000"], "val_t_max=1000"),
     (["job=fare", "clip=tiny_random", "fit.max_steps=1"], "clip.pretrained is null"),
+    # Shipped weights are read-only to the project's own jobs: naming one is refused before training starts.
+    (["experiment=train_cifar10_small_prior", "prior_train.export_to=checkpoints/vit_c10_s4_prior.safetensors"],
+     "prior_train.export_to='checkpoints/vit_c10_s4_prior.safetensors' exists already"),
 ])
 def test_bad_config_is_a_one_paragraph_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -47,4 +50,4 @@ def test_experiments_compose_to_the_recorded_recipes():
     assert clip.data.root.endswith("cifar10/train") and clip.val_data.root.endswith("cifar10/test")
     prior = compose("experiment=train_cifar10_small_prior")
     assert prior.job == "prior" and prior.clip.pretrained == "checkpoints/vit_c10_s4_clip.safetensors"
-    assert prior.prior_train.prior.dim == 128 and prior.prior_train.export_to.endswith(".safetensors")
+    assert prior.prior_train.prior.dim == 128 and prior.prior_train.export_to is None  # shipped weights are never a default destination

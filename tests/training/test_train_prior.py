@@ -3,6 +3,9 @@ that the CLIPure-Diff purifier loads strictly."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,7 @@ from clipure_lit.config.loader import load_config
 from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
 from clipure_lit.training.embed_cache import cached_image_embeddings
 
-from conftest import CIFAR_TEST, needs_shared_cifar
+from conftest import CIFAR_TEST, PROJECT_ROOT, needs_shared_cifar
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
@@ -27,14 +30,18 @@ def prior_args(tmp_path, *extra: str) -> list[str]:
             f"run_dir={tmp_path / 'run'}", f"data.root={CIFAR_TEST}", "data.num_samples=40", "data.batch_size=16",
             f"val_data.root={CIFAR_TEST}", "val_data.num_samples=16", "val_data.batch_size=16",
             f"prior_train.embed_cache_dir={tmp_path / 'emb'}", f"prior_train.image_cache_dir={tmp_path / 'img'}",
-            "prior_train.export_to=null", "fit.max_epochs=null",
+            "fit.max_epochs=null",
             "fit.time_budget_min=null", "fit.max_steps=3", "fit.val_every_n_steps=3", "fit.ckpt_every_n_steps=3",
             "trainer.num_threads=null", *extra]
 
 
 @needs_shared_cifar
 def test_prior_job_caches_embeddings_and_exports_a_prior_clipure_diff_loads(tmp_path):
-    first = train_script.main(prior_args(tmp_path))
+    shipped = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (PROJECT_ROOT / "checkpoints").iterdir() if p.is_file()}
+    first = train_script.main(prior_args(tmp_path))  # the experiment's own export settings
+    # The run exported into its folder only: every shipped checkpoint is byte-identical.
+    assert first["export_to"] is None and Path(first["export"]).is_relative_to(tmp_path)
+    assert shipped == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in shipped}
     assert first["global_step"] == 3 and first["embedded_now"] == 40 and first["num_embeddings"] == 40
     assert {"val/loss_t900_999", "val/loss_all_t", "val/loss_mean_predictor"} <= set(first)
     # Second run: the cache is reused (nothing embedded again).
