@@ -104,7 +104,8 @@ def scan_packages() -> dict[tuple[str, str, str], int]:
 
 def test_every_tensor_creation_in_purifiers_attacks_and_models_names_its_device():
     found = scan_packages()
-    unexplained = [f"{f}:{line} in {fn}: {call}" for (f, fn, call), line in sorted(found.items()) if (f, fn, call) not in ALLOWED]
+    unexplained = [f"{f}:{line} in {fn}: {call}" for (f, fn, call), line in sorted(found.items())
+                   if (f, fn, call) not in ALLOWED]
     assert not unexplained, ("creation calls without device= (pass device=<the data's device>, use a *_like call, or "
                              "list it in ALLOWED with the reason):\n" + "\n".join(unexplained))
 
