@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import gc
 import json
@@ -131,7 +132,7 @@ ALL_PURIFIERS = tuple(PURIFIER_CONFIG)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cuda": dict(pytest_targets=["tests"], parity={"toy": ALL_PURIFIERS, "ViT-B-32": ("clipure_cos", "clipure_diff")},
-                 parity_batch=4, eot_draws=2, precision_model="ViT-B-32", eval_model="small", eval_purifiers=ALL_PURIFIERS,
+                 parity_batch=2, eot_draws=2, precision_model="ViT-B-32", eval_model="small", eval_purifiers=ALL_PURIFIERS,
                  eval_samples=4, eval_n_iter=2, eval_n_queries=20, ddp_samples=8, models=("ViT-B-32", "ViT-L-14"),
                  throughput_batch=32, reps=3, memory_steps=(2, 10, 20), memory_batches=(2, 32), parity_knobs={}),
     "cpu_smoke": dict(pytest_targets=["tests/test_gpu_check.py"], parity={"toy": ALL_PURIFIERS}, parity_batch=2, eot_draws=2,
@@ -287,12 +288,16 @@ class Devices:
             torch.cuda.synchronize(self.main)
 
     def release(self) -> None:
-        """Return cached memory, so that the next case's peak counts only what it allocates."""
+        """Return cached memory, so that the next case's peak counts only what it allocates (on the CPU: freed heap
+        pages back to the OS, as ``bench/scaling.py`` does; glibc keeps most of them otherwise)."""
         import torch
 
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
     def allocated_mb(self) -> float:
         import torch
@@ -894,7 +899,7 @@ def flatness_entry(ctx: Context, model: str, batch: int, rows: list[Entry]) -> E
         return Entry("memory", name, "skip", limit=limit, detail="the T cases it needs were not measured (budget)")
     lo, hi = steps[0], steps[-1]
     grow_on, grow_off = added[hi, True] - added[lo, True], added[hi, False] - added[lo, False]
-    detail = f"T={lo} -> {hi}: +{grow_on:.0f} MB with checkpointing, +{grow_off:.0f} MB without"
+    detail = f"T={lo} -> {hi}: {grow_on:+.0f} MB with checkpointing, {grow_off:+.0f} MB without"
     if not ctx.devices.cuda:
         return Entry("memory", name, "skip", limit=limit, detail=f"not judged on the CPU: peak RSS of toy-size steps is "
                                                                   f"allocator noise ({detail})")
