@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test-fast: $(STAMP)
 ## goals, writes bench/results/*.json and rewrites BENCHMARKS.md. make bench ARGS="--profile full" for the paper's sizes.
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) bench/run.py $(ARGS)
+
+## The GPU check (a CUDA machine, at most 8 minutes): gpu-marked tests, CPU/GPU parity of every purifier and gradient
+## mode, the released fp16 precision, eval.py on the GPU, DDP with 2+ GPUs, throughput and peak memory at ViT-B-32 and
+## ViT-L-14 sizes. Writes bench/results/gpu_check.{json,md} and BENCHMARKS.md's GPU section; exit status 3 without CUDA.
+## make gpu-check ARGS="--cpu-smoke" runs the same logic on the CPU at toy sizes.
+gpu-check: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) bench/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs wandb .pytest_cache

@@ -16,13 +16,14 @@ def shipped_classnames() -> list[str]:
 
 class Defences:
     """Classifiers of one CLIP model (``base``: eval.py overrides) that share its backbone and head and differ only
-    in their purifiers: ``Defences(["clip=cifar10_small"]).build(["purifier=clipure_cos"])``."""
+    in their purifiers: ``Defences(["clip=cifar10_small"]).build(["purifier=clipure_cos"])``. ``device``: where the
+    backbone is built and the text head computed (purifiers are built next to the backbone)."""
 
-    def __init__(self, base: list[str]) -> None:
+    def __init__(self, base: list[str], device: str = "cpu") -> None:
         from clipure_lit.evaluation import load_clip
 
         self.base = list(base)
-        self.parts = load_clip(load_config(self.base), shipped_classnames())
+        self.parts = load_clip(load_config(self.base), shipped_classnames(), device)
 
     def build(self, extra: list[str]):
         """The classifier of ``base + extra``, in eval mode."""

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import REPO, RESULTS, Headline, log, machine_info, markdown_table  # noqa: E402
+from bench.gpu_check import benchmarks_section, read_cuda_payload  # noqa: E402
 
 BENCHMARKS = {  # name -> (script, what it measures)
     "purification": ("purification_overhead.py", "each purifier's forward and one attack gradient, as ratios to plain CLIP"),
@@ -79,7 +80,7 @@ def render_markdown(rows: list[Headline], durations: dict[str, float], failures:
     ]
     if failures:
         lines += ["Failed benchmarks (no rows above): " + "; ".join(f"`{k}`: {v}" for k, v in failures.items()), ""]
-    lines += ["## What each benchmark measures", ""]
+    lines += [benchmarks_section(read_cuda_payload()), "## What each benchmark measures", ""]
     for name, (script, what) in BENCHMARKS.items():
         lines.append(f"- `{name}` (`bench/{script}`, results in `bench/results/{RESULT_FILE[name]}.json`): {what}. "
                      f"The script's docstring states the exact cases.")
