@@ -39,6 +39,11 @@ class ZeroShotDataModule(pl.LightningDataModule):
         self.setup()
         return self.test_set.ids
 
+    @property
+    def num_samples(self) -> int:
+        """How many images are evaluated: what ``environment.json`` and ``results.json`` record."""
+        return len(self.sample_ids)
+
     def ids_hash(self) -> str:
         """SHA-256 of the evaluated id list: identical runs evaluate identical samples."""
         return hashlib.sha256(",".join(map(str, self.sample_ids)).encode()).hexdigest()

@@ -240,7 +240,10 @@ def build_dataset(cfg: DataCfg) -> ImageDataset:
 
 def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     """The evaluated sample ids: from ``ids_file``, else the first N, else N drawn with ``subset_seed``
-    (round-robin over classes, so the subset is class-balanced). Independent of the number of processes."""
+    (round-robin over classes, so the subset is class-balanced). Independent of the number of processes.
+
+    Raises ``ConfigError`` when ``data.num_samples`` is not positive or exceeds the dataset's size (never a silent
+    clamp: ``config.yaml`` would record a number that was not evaluated), or an id of ``ids_file`` is out of range."""
     n_total = len(dataset)
     if cfg.ids_file:
         path = resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")
@@ -252,7 +255,9 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     n = n_total if cfg.num_samples is None else int(cfg.num_samples)
     if n <= 0:
         raise ConfigError(f"data.num_samples={cfg.num_samples} must be positive (or null for the whole dataset).")
-    n = min(n, n_total)
+    if n > n_total:
+        raise ConfigError(f"data.num_samples={n} asks for more images than dataset '{cfg.name}' at '{cfg.root}' holds "
+                          f"({n_total}). Fix: set data.num_samples=null to evaluate all {n_total}, or a number <= {n_total}.")
     if cfg.subset == SubsetMode.first:
         return list(range(n))
     generator = torch.Generator().manual_seed(int(cfg.subset_seed))
