@@ -8,6 +8,8 @@ every run and every number of processes.
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +18,78 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from clipure_lit.data.config import DataCfg, SubsetMode
-from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.data.config import DataCfg, OnBadImage, SubsetMode
+from clipure_lit.errors import ClipureError, ConfigError, DataNotFoundError
 from clipure_lit.utils.paths import find_path, resolve_path
+
+log = logging.getLogger(__name__)
 
 SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# What Pillow raises for a file that is not an image, is truncated or corrupt: UnidentifiedImageError and "image file
+# is truncated" are OSErrors, a broken PNG chunk is a SyntaxError, some decoders raise ValueError.
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# A complete JPEG ends with the end-of-image marker; it is looked for in this many final bytes (trailing padding).
+JPEG_TAIL_BYTES = 1024
+# Files named in one warning or error message; the rest are counted.
+LISTED_FILES = 20
+
+
+class ImageReadError(ConfigError):
+    """An image file cannot be read or converted; the message names the file and the fix.
+
+    Raised where the image is loaded, which may be a DataLoader worker. PyTorch re-raises a worker's exception in
+    the main process as ``type(exc)(text)``, with the worker's traceback in ``text``; this class keeps only its own
+    one-paragraph message from that text, so entry points still print one paragraph and no traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_own_message(message, type(self).__name__))
+
+
+def _own_message(text: str, class_name: str) -> str:
+    """The message of a worker's ``class_name`` exception inside PyTorch's re-raise text (its last line reads
+    ``module.ClassName: message``), or ``text`` unchanged when it is not such a text."""
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return text
+    _, found, message = text.rstrip().splitlines()[-1].partition(f"{class_name}: ")
+    return message if found else text
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _listed(paths: list) -> str:
+    shown = ", ".join(f"'{p}'" for p in paths[:LISTED_FILES])
+    return shown + (f" and {len(paths) - LISTED_FILES} more" if len(paths) > LISTED_FILES else "")
+
+
+def _has_jpeg_end(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - JPEG_TAIL_BYTES))
+        return b"\xff\xd9" in f.read()
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of the image file at ``path``, after checking that it is a complete image, without
+    decoding it where the format allows: the header is read lazily; a PNG's chunks are walked with their checksums
+    (``verify``); a JPEG must end with its end-of-image marker (it is decoded only when the marker is missing, to
+    tell a truncated file from one with trailing bytes); other formats are decoded.
+
+    Raises:
+        One of ``READ_ERRORS`` (Pillow's own exception) when the file is missing, not an image, truncated or corrupt.
+    """
+    with Image.open(path) as image:
+        size, fmt = image.size, image.format
+        if fmt == "PNG":
+            image.verify()
+            return size
+        if fmt in ("JPEG", "MPO") and _has_jpeg_end(path):
+            return size
+        image.load()
+    return size
 
 
 def to_tensor(image: Image.Image, size: int | None) -> Tensor:
@@ -41,7 +109,7 @@ class ImageDataset:
     names. Plain attributes only, so it pickles into DDP-spawned processes and data-loader workers."""
 
     def __init__(self, classnames: list[str], labels: list[int] | None, size: int | None, files: list[Path] | None = None,
-                 array=None, source=None, length: int | None = None) -> None:
+                 array=None, source=None, length: int | None = None, origin: str | None = None) -> None:
         self.classnames = classnames
         self.labels = labels  # None when the source cannot list labels without decoding every image
         self.size = size
@@ -49,16 +117,34 @@ class ImageDataset:
         self.array = array
         self.source = source  # an indexable dataset returning (PIL image, label), e.g. a CLIP_benchmark dataset
         self._length = length if length is not None else len(labels)
+        self.origin = origin  # what error messages call a ``source`` dataset, e.g. "CLIP_benchmark dataset 'dtd' in ..."
 
     def __len__(self) -> int:
         return self._length
 
     def load(self, index: int) -> tuple[Tensor, int]:
-        if self.source is not None:
-            image, label = self.source[index]
-            return to_tensor(image, self.size), int(label)
-        image = Image.fromarray(self.array[index]) if self.array is not None else Image.open(self.files[index])
-        return to_tensor(image, self.size), self.labels[index]
+        """``(image [3, H, W] in [0, 1], label)`` of sample ``index``.
+
+        Raises:
+            ImageReadError: the file (or the source's item) cannot be read, naming it; also inside a DataLoader worker.
+        """
+        if self.array is not None:
+            return to_tensor(Image.fromarray(self.array[index]), self.size), self.labels[index]
+        try:
+            if self.source is not None:
+                image, label = self.source[index]
+                return to_tensor(image, self.size), int(label)
+            with Image.open(self.files[index]) as image:
+                return to_tensor(image, self.size), self.labels[index]
+        except ClipureError:
+            raise
+        except READ_ERRORS as exc:
+            if self.source is not None:
+                raise ImageReadError(f"Sample id {index} of {self.origin or 'the dataset'} cannot be read: {_reason(exc)}. "
+                                     "Fix: repair or replace that item of the dataset, or leave it out with data.ids_file.") from exc
+            raise ImageReadError(f"Image '{self.files[index]}' (sample id {index}) cannot be read: {_reason(exc)}. Fix: "
+                                 "replace or delete the file (data.on_bad_image=skip leaves out the files found unreadable "
+                                 "when the run starts).") from exc
 
 
 def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
@@ -199,7 +285,8 @@ def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
         if not images:
             raise _missing(cfg.benchmark, root, "the webdataset shards hold no samples.")
         return ImageDataset(classnames, labels, cfg.image_size or 224, array=images)
-    return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds))
+    return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds),
+                        origin=f"CLIP_benchmark dataset '{cfg.benchmark}' in '{root}'")
 
 
 def _array_file(cfg: DataCfg) -> ImageDataset:
@@ -276,6 +363,40 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
                 chosen.append(q[depth])
         depth += 1
     return chosen
+
+
+def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[list[int], list[Path]]:
+    """Check the files of the selected ``ids`` before anything else is built (:func:`probe_image`: headers and
+    end markers, no full decode where the format allows) and return ``(ids to evaluate, files left out)``.
+
+    A file that cannot be read raises ``ImageReadError`` naming it (``data.on_bad_image=error``), or is left out
+    with one warning listing the files (``skip``; ``ConfigError`` when none remains). Datasets held in memory or
+    read through another library (CIFAR, array files, CLIP_benchmark) have no files to check and pass unchanged.
+    """
+    ids = list(ids)
+    if dataset.files is None:
+        return ids, []
+    sizes: dict[int, tuple[int, int]] = {}
+    bad: list[tuple[Path, str]] = []
+    for i in ids:
+        try:
+            sizes[i] = probe_image(dataset.files[i])
+        except READ_ERRORS as exc:
+            bad.append((dataset.files[i], _reason(exc)))
+    if not bad:
+        return ids, []
+    paths = [path for path, _ in bad]
+    if OnBadImage(cfg.on_bad_image) == OnBadImage.error:
+        others = f"; {len(bad) - 1} more of the {len(ids)} selected images cannot either: {_listed(paths[1:])}" if len(bad) > 1 else ""
+        raise ImageReadError(f"Image '{paths[0]}' cannot be read ({bad[0][1]}){others}. Fix: replace or delete the "
+                             "file(s), or set data.on_bad_image=skip to evaluate without them.")
+    kept = [i for i in ids if i in sizes]
+    if not kept:
+        raise ConfigError(f"None of the {len(ids)} selected images of '{cfg.root}' can be read, e.g. '{paths[0]}' "
+                          f"({bad[0][1]}). Fix: point data.root at a folder of images.")
+    log.warning("data.on_bad_image=skip: left out %d of the %d selected images, which cannot be read; evaluating the "
+                "other %d. Files: %s", len(bad), len(ids), len(kept), _listed(paths))
+    return kept, paths
 
 
 class IndexedSubset(torch.utils.data.Dataset):

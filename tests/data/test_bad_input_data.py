@@ -48,3 +48,64 @@ def test_num_samples_larger_than_the_dataset_is_refused_with_both_numbers(tmp_pa
     assert "data.num_samples=null" in message and "<= 6" in message
     assert setup_module_for(root, "data.num_samples=6").num_samples == 6  # exactly the dataset's size is fine
     assert setup_module_for(root, "data.num_samples=null").num_samples == 6
+
+
+def _text_as_jpg(path: Path) -> None:
+    path.write_text("not an image\n")
+
+
+def _truncated(path: Path, fmt: str) -> None:
+    """A real 32x32 image cut in half: its header still opens."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, format=fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_FILES = {
+    "text_named_jpg": ("x.jpg", _text_as_jpg),
+    "truncated_png": ("x.png", lambda p: _truncated(p, "PNG")),
+    "truncated_jpeg": ("x.jpg", lambda p: _truncated(p, "JPEG")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_unreadable_image_is_refused_at_setup_with_its_path(tmp_path, case):
+    from clipure_lit.data.datasets import ImageReadError
+
+    root = make_folder(tmp_path / "imgs")
+    name, write = BAD_FILES[case]
+    bad = root / "cat" / f"0_{name}"  # sorts among the first selected files
+    write(bad)
+    with pytest.raises(ImageReadError) as info:
+        setup_module_for(root, "data.num_samples=null")
+    message = str(info.value)
+    assert str(bad) in message and "data.on_bad_image=skip" in message and "\n" not in message
+
+
+def test_skip_leaves_unreadable_images_out_with_one_warning_and_counts_the_rest(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs")  # 6 images
+    text, cut = root / "cat" / "0_text.jpg", root / "dog" / "0_cut.png"
+    _text_as_jpg(text)
+    _truncated(cut, "PNG")
+    with caplog.at_level("WARNING", logger="clipure_lit.data.datasets"):
+        dm = setup_module_for(root, "data.num_samples=null", "data.on_bad_image=skip")
+    assert dm.num_samples == 6 and sorted(dm.skipped_files) == sorted([text, cut])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(text) in warnings[0] and str(cut) in warnings[0]
+    assert all(dm.dataset.files[i] not in (text, cut) for i in dm.sample_ids)
+    assert sum(len(batch[0]) for batch in dm.test_dataloader()) == 6
+
+
+def test_image_broken_after_setup_fails_in_a_worker_with_its_path_not_a_traceback(tmp_path):
+    """A file damaged after the check at setup is only found by the DataLoader worker that decodes it."""
+    from clipure_lit.data.datasets import ImageReadError
+
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    dm = setup_module_for(root, "data.num_samples=null", "data.num_workers=1", "data.batch_size=2")
+    victim = dm.dataset.files[dm.sample_ids[-1]]
+    _text_as_jpg(victim)
+    with pytest.raises(ImageReadError) as info:
+        list(dm.test_dataloader())
+    message = str(info.value)
+    assert str(victim) in message and "Traceback" not in message and "\n" not in message
