@@ -370,8 +370,10 @@ def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[l
     end markers, no full decode where the format allows) and return ``(ids to evaluate, files left out)``.
 
     A file that cannot be read raises ``ImageReadError`` naming it (``data.on_bad_image=error``), or is left out
-    with one warning listing the files (``skip``; ``ConfigError`` when none remains). Datasets held in memory or
-    read through another library (CIFAR, array files, CLIP_benchmark) have no files to check and pass unchanged.
+    with one warning listing the files (``skip``; ``ConfigError`` when none remains). With ``data.image_size`` null
+    the images are batched at their native size, so one whose size differs from the most common one raises
+    ``ConfigError`` naming the file, both sizes and ``data.image_size``. Datasets held in memory or read through
+    another library (CIFAR, array files, CLIP_benchmark) have no files to check and pass unchanged.
     """
     ids = list(ids)
     if dataset.files is None:
@@ -383,20 +385,37 @@ def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[l
             sizes[i] = probe_image(dataset.files[i])
         except READ_ERRORS as exc:
             bad.append((dataset.files[i], _reason(exc)))
-    if not bad:
-        return ids, []
     paths = [path for path, _ in bad]
-    if OnBadImage(cfg.on_bad_image) == OnBadImage.error:
+    if bad and OnBadImage(cfg.on_bad_image) == OnBadImage.error:
         others = f"; {len(bad) - 1} more of the {len(ids)} selected images cannot either: {_listed(paths[1:])}" if len(bad) > 1 else ""
         raise ImageReadError(f"Image '{paths[0]}' cannot be read ({bad[0][1]}){others}. Fix: replace or delete the "
                              "file(s), or set data.on_bad_image=skip to evaluate without them.")
     kept = [i for i in ids if i in sizes]
-    if not kept:
+    if bad and not kept:
         raise ConfigError(f"None of the {len(ids)} selected images of '{cfg.root}' can be read, e.g. '{paths[0]}' "
                           f"({bad[0][1]}). Fix: point data.root at a folder of images.")
-    log.warning("data.on_bad_image=skip: left out %d of the %d selected images, which cannot be read; evaluating the "
-                "other %d. Files: %s", len(bad), len(ids), len(kept), _listed(paths))
+    if bad:
+        log.warning("data.on_bad_image=skip: left out %d of the %d selected images, which cannot be read; evaluating "
+                    "the other %d. Files: %s", len(bad), len(ids), len(kept), _listed(paths))
+    _check_native_sizes(dataset, kept, sizes)
     return kept, paths
+
+
+def _check_native_sizes(dataset: ImageDataset, ids: list[int], sizes: dict[int, tuple[int, int]]) -> None:
+    """Without ``data.image_size`` a batch stacks images at their native size: every selected one must share it."""
+    if dataset.size is not None or not ids:
+        return
+    common = Counter(sizes[i] for i in ids).most_common(1)[0][0]
+    odd = [i for i in ids if sizes[i] != common]
+    if not odd:
+        return
+    (width, height), (common_w, common_h) = sizes[odd[0]], common
+    others = (f" ({len(odd)} of the {len(ids)} selected images differ: {_listed([dataset.files[i] for i in odd])})"
+              if len(odd) > 1 else "")
+    raise ConfigError(f"Image '{dataset.files[odd[0]]}' is {width}x{height} but the other selected images are {common_w}x{common_h}"
+                      f"{others}; with data.image_size=null images keep their native size and a batch needs one size. "
+                      f"Fix: set data.image_size=<N> (e.g. data.image_size={min(common)}) to resize and centre-crop every "
+                      "image to NxN, or remove the odd files.")
 
 
 class IndexedSubset(torch.utils.data.Dataset):

@@ -109,3 +109,16 @@ def test_image_broken_after_setup_fails_in_a_worker_with_its_path_not_a_tracebac
         list(dm.test_dataloader())
     message = str(info.value)
     assert str(victim) in message and "Traceback" not in message and "\n" not in message
+
+
+def test_odd_sized_image_at_native_size_names_the_file_both_sizes_and_the_key(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    odd = root / "dog" / "1.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(odd)
+    with pytest.raises(ConfigError) as info:
+        setup_module_for(root, "data.num_samples=null")
+    message = str(info.value)
+    assert str(odd) in message and "1x1" in message and "32x32" in message
+    assert "data.image_size=<N>" in message and "data.image_size=32" in message
+    dm = setup_module_for(root, "data.num_samples=null", "data.image_size=32", "data.batch_size=6")
+    assert next(iter(dm.test_dataloader()))[0].shape == (6, 3, 32, 32)
