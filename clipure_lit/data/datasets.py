@@ -92,16 +92,44 @@ def probe_image(path: Path) -> tuple[int, int]:
     return size
 
 
+def _grey16_as_float(image: Image.Image) -> Image.Image | None:
+    """A 16-bit greyscale image (``I;16``, ``I;16B``, ...; also ``I``, which older Pillow versions give for 16-bit
+    PNGs) as a float image (mode ``F``) in [0, 1], divided by 65535; None for any other mode.
+
+    Raises:
+        ValueError: an ``I`` image with values outside [0, 65535] (a 32-bit integer image has no known range).
+    """
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return None
+    values = np.asarray(image)
+    if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"32-bit integer image (mode I) with values in [{values.min()}, {values.max()}], outside the "
+                         "16-bit range [0, 65535]; save it as an 8- or 16-bit image")
+    return Image.fromarray(values.astype(np.float32) / np.float32(65535.0))
+
+
 def to_tensor(image: Image.Image, size: int | None) -> Tensor:
-    """PIL image -> ``[3, S, S]`` in [0, 1]: RGB, shorter side resized to ``size`` (bicubic) and centre-cropped;
-    no resizing when ``size`` is None (the open_clip eval transform without Normalize)."""
+    """PIL image -> ``[3, S, S]`` in [0, 1]: shorter side resized to ``size`` (bicubic) and centre-cropped; no
+    resizing when ``size`` is None (the open_clip eval transform without Normalize).
+
+    8-bit images go through ``convert("RGB")`` (greyscale replicated, palette expanded, alpha dropped). 16-bit
+    greyscale is scaled by its bit depth (divided by 65535), not clipped to 8 bits, resized as floats and replicated
+    to 3 channels. (Pillow reads 16-bit RGB files as 8-bit ``RGB``, scaled by their depth.)
+
+    Raises:
+        ValueError: a mode ``I`` image outside the 16-bit range.
+    """
     # heavy: torchvision takes ~1.5 s to import; config validation imports this module (list_datasets) without images
     from torchvision.transforms import functional as TF
 
-    image = image.convert("RGB")
+    grey = _grey16_as_float(image)
+    image = image.convert("RGB") if grey is None else grey
     if size is not None:
         image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)
-    return TF.to_tensor(image)
+    tensor = TF.to_tensor(image)  # 8-bit: divided by 255; mode F: the values as they are
+    if grey is not None:
+        tensor = tensor.clamp(0.0, 1.0).expand(3, -1, -1).contiguous()  # bicubic overshoot; greyscale -> 3 channels
+    return tensor
 
 
 class ImageDataset:

@@ -3,10 +3,13 @@ built. Every image folder is written here, so the tests need no downloaded data.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clipure_lit.config.loader import load_config
@@ -122,3 +125,46 @@ def test_odd_sized_image_at_native_size_names_the_file_both_sizes_and_the_key(tm
     assert "data.image_size=<N>" in message and "data.image_size=32" in message
     dm = setup_module_for(root, "data.num_samples=null", "data.image_size=32", "data.batch_size=6")
     assert next(iter(dm.test_dataloader()))[0].shape == (6, 3, 32, 32)
+
+
+RAMP16 = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))  # 32x32, full 16-bit range
+
+
+def _png_rgb16(path: Path, rgb: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_are_scaled_by_their_depth_not_clipped(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "grey").mkdir(parents=True)
+    (root / "rgb").mkdir()
+    Image.fromarray(RAMP16).save(root / "grey" / "ramp.png")  # mode I;16
+    assert Image.open(root / "grey" / "ramp.png").mode == "I;16"
+    _png_rgb16(root / "rgb" / "ramp.png", np.stack([RAMP16] * 3, axis=-1))
+    dm = setup_module_for(root, "data.num_samples=null")
+    for sample_id in dm.sample_ids:
+        x, _ = dm.dataset.load(sample_id)
+        assert x.shape == (3, 32, 32) and torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+        assert abs(float(x.mean()) - 0.5) < 1e-3  # convert("RGB") clipped the greyscale ramp to a mean of 0.98
+        assert float(x[:, :, 0].max()) == 0.0 and float(x[:, :, -1].min()) == 1.0
+    resized = setup_module_for(root, "data.num_samples=null", "data.image_size=16").dataset.load(0)[0]
+    assert resized.shape == (3, 16, 16) and 0.0 <= float(resized.min()) and float(resized.max()) <= 1.0
+    assert abs(float(resized.mean()) - 0.5) < 0.01
+
+
+def test_16_bit_greyscale_modes_and_the_32_bit_range():
+    from clipure_lit.data.datasets import to_tensor
+
+    big_endian = Image.frombytes("I;16B", (32, 32), RAMP16.astype(">u2").tobytes())
+    for image in (big_endian, Image.fromarray(RAMP16.astype(np.int32))):  # I;16B and I
+        x = to_tensor(image, None)
+        assert x.shape == (3, 32, 32) and float(x[:, :, 0].max()) == 0.0 and float(x[:, :, -1].min()) == 1.0
+    with pytest.raises(ValueError, match="65535"):
+        to_tensor(Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)), None)
