@@ -145,7 +145,7 @@ class ImageDataset:
         self.array = array
         self.source = source  # an indexable dataset returning (PIL image, label), e.g. a CLIP_benchmark dataset
         self._length = length if length is not None else len(labels)
-        self.origin = origin  # what error messages call a ``source`` dataset, e.g. "CLIP_benchmark dataset 'dtd' in ..."
+        self.origin = origin  # how error messages name a ``source`` dataset ("CLIP_benchmark dataset 'dtd' in ...")
 
     def __len__(self) -> int:
         return self._length
@@ -168,11 +168,12 @@ class ImageDataset:
             raise
         except READ_ERRORS as exc:
             if self.source is not None:
-                raise ImageReadError(f"Sample id {index} of {self.origin or 'the dataset'} cannot be read: {_reason(exc)}. "
-                                     "Fix: repair or replace that item of the dataset, or leave it out with data.ids_file.") from exc
-            raise ImageReadError(f"Image '{self.files[index]}' (sample id {index}) cannot be read: {_reason(exc)}. Fix: "
-                                 "replace or delete the file (data.on_bad_image=skip leaves out the files found unreadable "
-                                 "when the run starts).") from exc
+                raise ImageReadError(f"Sample id {index} of {self.origin or 'the dataset'} cannot be read: "
+                                     f"{_reason(exc)}. Fix: repair or replace that item of the dataset, or leave it out "
+                                     "with data.ids_file.") from exc
+            raise ImageReadError(f"Image '{self.files[index]}' (sample id {index}) cannot be read: {_reason(exc)}. "
+                                 "Fix: replace or delete the file (data.on_bad_image=skip leaves out the files found "
+                                 "unreadable when the run starts).") from exc
 
 
 def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
@@ -372,7 +373,8 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
         raise ConfigError(f"data.num_samples={cfg.num_samples} must be positive (or null for the whole dataset).")
     if n > n_total:
         raise ConfigError(f"data.num_samples={n} asks for more images than dataset '{cfg.name}' at '{cfg.root}' holds "
-                          f"({n_total}). Fix: set data.num_samples=null to evaluate all {n_total}, or a number <= {n_total}.")
+                          f"({n_total}). Fix: set data.num_samples=null to evaluate all {n_total}, or a number "
+                          f"<= {n_total}.")
     if cfg.subset == SubsetMode.first:
         return list(range(n))
     generator = torch.Generator().manual_seed(int(cfg.subset_seed))
@@ -415,7 +417,8 @@ def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[l
             bad.append((dataset.files[i], _reason(exc)))
     paths = [path for path, _ in bad]
     if bad and OnBadImage(cfg.on_bad_image) == OnBadImage.error:
-        others = f"; {len(bad) - 1} more of the {len(ids)} selected images cannot either: {_listed(paths[1:])}" if len(bad) > 1 else ""
+        others = (f"; {len(bad) - 1} more of the {len(ids)} selected images cannot either: {_listed(paths[1:])}"
+                  if len(bad) > 1 else "")
         raise ImageReadError(f"Image '{paths[0]}' cannot be read ({bad[0][1]}){others}. Fix: replace or delete the "
                              "file(s), or set data.on_bad_image=skip to evaluate without them.")
     kept = [i for i in ids if i in sizes]
@@ -440,10 +443,10 @@ def _check_native_sizes(dataset: ImageDataset, ids: list[int], sizes: dict[int, 
     (width, height), (common_w, common_h) = sizes[odd[0]], common
     others = (f" ({len(odd)} of the {len(ids)} selected images differ: {_listed([dataset.files[i] for i in odd])})"
               if len(odd) > 1 else "")
-    raise ConfigError(f"Image '{dataset.files[odd[0]]}' is {width}x{height} but the other selected images are {common_w}x{common_h}"
-                      f"{others}; with data.image_size=null images keep their native size and a batch needs one size. "
-                      f"Fix: set data.image_size=<N> (e.g. data.image_size={min(common)}) to resize and centre-crop every "
-                      "image to NxN, or remove the odd files.")
+    raise ConfigError(f"Image '{dataset.files[odd[0]]}' is {width}x{height} but the other selected images are "
+                      f"{common_w}x{common_h}{others}; with data.image_size=null images keep their native size and a "
+                      f"batch needs one size. Fix: set data.image_size=<N> (e.g. data.image_size={min(common)}) to "
+                      "resize and centre-crop every image to NxN, or remove the odd files.")
 
 
 class IndexedSubset(torch.utils.data.Dataset):
