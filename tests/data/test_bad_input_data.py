@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from clipure_lit.config.loader import load_config
+from clipure_lit.data.config import DataCfg, SubsetMode
 from clipure_lit.data.datamodule import ZeroShotDataModule
 from clipure_lit.errors import ConfigError
-
-from conftest import PROJECT_ROOT
 
 
 def make_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size: int = 32) -> Path:
@@ -30,10 +29,10 @@ def make_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size: in
 
 
 def data_cfg(root: Path, *overrides: str):
-    """The ``data`` section as ``eval.py`` composes it for an image folder at ``root``."""
-    cfg = load_config(["data=image_folder", f"data.root={root}", "data.subset=first", *overrides],
-                      conf_dir=PROJECT_ROOT / "conf")
-    return cfg.data
+    """A typed ``data`` section for an image folder at ``root`` with ``data.key=value`` overrides, parsed as the
+    config loader parses them (the end-to-end test below goes through the loader itself)."""
+    base = OmegaConf.structured(DataCfg(name="image_folder", root=str(root), subset=SubsetMode.first))
+    return OmegaConf.merge(base, OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
 
 
 def setup_module_for(root: Path, *overrides: str) -> ZeroShotDataModule:
@@ -138,7 +137,8 @@ def _png_rgb16(path: Path, rgb: np.ndarray) -> None:
     height, width, _ = rgb.shape
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
 
 
 def test_16_bit_images_are_scaled_by_their_depth_not_clipped(tmp_path):
@@ -168,3 +168,24 @@ def test_16_bit_greyscale_modes_and_the_32_bit_range():
         assert x.shape == (3, 32, 32) and float(x[:, :, 0].max()) == 0.0 and float(x[:, :, -1].min()) == 1.0
     with pytest.raises(ValueError, match="65535"):
         to_tensor(Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)), None)
+
+
+def test_eval_refuses_an_unreadable_image_with_exit_2_before_building_the_model(tmp_path, capsys, monkeypatch):
+    import eval as eval_script
+    from clipure_lit import evaluation
+
+    from conftest import tiny_args
+
+    def model_built(*args, **kwargs):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(evaluation, "build_classifier", model_built)
+    root = make_folder(tmp_path / "imgs")
+    bad = root / "dog" / "0_notes.jpg"
+    _text_as_jpg(bad)
+    with pytest.raises(SystemExit) as info:
+        eval_script.main(tiny_args(tmp_path, f"data.root={root}", "data.num_samples=null"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "data.on_bad_image=skip" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "results.json").exists()
