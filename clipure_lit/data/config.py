@@ -15,6 +15,15 @@ class SubsetMode(str, Enum):
     random = "random"
 
 
+class OnBadImage(str, Enum):
+    """What happens to a selected image file that cannot be read (not an image, truncated): ``error`` refuses the
+    run at setup naming the file; ``skip`` leaves it out with one warning listing the files, and the run evaluates
+    (and records) the images that remain."""
+
+    error = "error"
+    skip = "skip"
+
+
 @dataclass
 class DataCfg:
     # Dataset registry name: cifar10, cifar100, imagenet, image_folder, imagenet_sample.
@@ -33,6 +42,8 @@ class DataCfg:
     # Attack resolution: images are resized (shorter side) and centre-cropped to this size before the attack.
     # null: the dataset's native size (32 for CIFAR); ImageNet-style datasets default to 224.
     image_size: Optional[int] = None
+    # A selected image file that cannot be read: ``error`` (refuse the run, naming it) or ``skip`` (leave it out).
+    on_bad_image: OnBadImage = OnBadImage.error
     # Class names: a set name (``cifar10``, ``imagenet1k``, any CLIP_benchmark dataset), a JSON file
     # (``path.json`` or ``path.json:key``), or null for the dataset's own.
     classnames: Optional[str] = None

@@ -8,14 +8,17 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from clipure_lit.data.config import DataCfg
-from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
+from clipure_lit.data.datasets import IndexedSubset, build_dataset, check_images, select_ids
 
 
 class ZeroShotDataModule(pl.LightningDataModule):
     """Yields batches ``(x [B, 3, H, W] in [0, 1], y [B], sample_id [B])`` of a fixed subset.
 
-    ``setup`` is idempotent, so ``evaluation.run_eval`` can build the dataset early (to fail fast on a missing path) and
-    Lightning can call it again.
+    ``setup`` is idempotent, so ``evaluation.run_eval`` can build the dataset early and Lightning can call it again.
+    It raises ``clipure_lit.errors`` classes, before any model is built, for a missing dataset, a
+    ``data.num_samples`` above the dataset's size and selected image files that cannot be read
+    (``data.on_bad_image=error``; with ``skip`` they are left out, listed in ``skipped_files``, and ``num_samples``
+    counts what remains).
     """
 
     def __init__(self, cfg: DataCfg) -> None:
@@ -23,11 +26,13 @@ class ZeroShotDataModule(pl.LightningDataModule):
         self.cfg = cfg
         self.dataset = None
         self.test_set: IndexedSubset | None = None
+        self.skipped_files: list = []  # selected files left out as unreadable (data.on_bad_image=skip)
 
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is None:
-            self.dataset = build_dataset(self.cfg)
-            self.test_set = IndexedSubset(self.dataset, select_ids(self.cfg, self.dataset))
+            dataset = build_dataset(self.cfg)
+            ids, self.skipped_files = check_images(self.cfg, dataset, select_ids(self.cfg, dataset))
+            self.dataset, self.test_set = dataset, IndexedSubset(dataset, ids)
 
     @property
     def classnames(self) -> list[str]:
@@ -38,6 +43,11 @@ class ZeroShotDataModule(pl.LightningDataModule):
     def sample_ids(self) -> list[int]:
         self.setup()
         return self.test_set.ids
+
+    @property
+    def num_samples(self) -> int:
+        """How many images are evaluated: what ``environment.json`` and ``results.json`` record."""
+        return len(self.sample_ids)
 
     def ids_hash(self) -> str:
         """SHA-256 of the evaluated id list: identical runs evaluate identical samples."""

@@ -8,6 +8,8 @@ every run and every number of processes.
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -16,24 +18,118 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from clipure_lit.data.config import DataCfg, SubsetMode
-from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.data.config import DataCfg, OnBadImage, SubsetMode
+from clipure_lit.errors import ClipureError, ConfigError, DataNotFoundError
 from clipure_lit.utils.paths import find_path, resolve_path
+
+log = logging.getLogger(__name__)
 
 SUBSET_DIR = Path(__file__).resolve().parent / "subsets"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# What Pillow raises for a file that is not an image, is truncated or corrupt: UnidentifiedImageError and "image file
+# is truncated" are OSErrors, a broken PNG chunk is a SyntaxError, some decoders raise ValueError.
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# A complete JPEG ends with the end-of-image marker; it is looked for in this many final bytes (trailing padding).
+JPEG_TAIL_BYTES = 1024
+# Files named in one warning or error message; the rest are counted.
+LISTED_FILES = 20
+
+
+class ImageReadError(ConfigError):
+    """An image file cannot be read or converted; the message names the file and the fix.
+
+    Raised where the image is loaded, which may be a DataLoader worker. PyTorch re-raises a worker's exception in
+    the main process as ``type(exc)(text)``, with the worker's traceback in ``text``; this class keeps only its own
+    one-paragraph message from that text, so entry points still print one paragraph and no traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_own_message(message, type(self).__name__))
+
+
+def _own_message(text: str, class_name: str) -> str:
+    """The message of a worker's ``class_name`` exception inside PyTorch's re-raise text (its last line reads
+    ``module.ClassName: message``), or ``text`` unchanged when it is not such a text."""
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return text
+    _, found, message = text.rstrip().splitlines()[-1].partition(f"{class_name}: ")
+    return message if found else text
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _listed(paths: list) -> str:
+    shown = ", ".join(f"'{p}'" for p in paths[:LISTED_FILES])
+    return shown + (f" and {len(paths) - LISTED_FILES} more" if len(paths) > LISTED_FILES else "")
+
+
+def _has_jpeg_end(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - JPEG_TAIL_BYTES))
+        return b"\xff\xd9" in f.read()
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of the image file at ``path``, after checking that it is a complete image, without
+    decoding it where the format allows: the header is read lazily; a PNG's chunks are walked with their checksums
+    (``verify``); a JPEG must end with its end-of-image marker (it is decoded only when the marker is missing, to
+    tell a truncated file from one with trailing bytes); other formats are decoded.
+
+    Raises:
+        One of ``READ_ERRORS`` (Pillow's own exception) when the file is missing, not an image, truncated or corrupt.
+    """
+    with Image.open(path) as image:
+        size, fmt = image.size, image.format
+        if fmt == "PNG":
+            image.verify()
+            return size
+        if fmt in ("JPEG", "MPO") and _has_jpeg_end(path):
+            return size
+        image.load()
+    return size
+
+
+def _grey16_as_float(image: Image.Image) -> Image.Image | None:
+    """A 16-bit greyscale image (``I;16``, ``I;16B``, ...; also ``I``, which older Pillow versions give for 16-bit
+    PNGs) as a float image (mode ``F``) in [0, 1], divided by 65535; None for any other mode.
+
+    Raises:
+        ValueError: an ``I`` image with values outside [0, 65535] (a 32-bit integer image has no known range).
+    """
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return None
+    values = np.asarray(image)
+    if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"32-bit integer image (mode I) with values in [{values.min()}, {values.max()}], outside the "
+                         "16-bit range [0, 65535]; save it as an 8- or 16-bit image")
+    return Image.fromarray(values.astype(np.float32) / np.float32(65535.0))
 
 
 def to_tensor(image: Image.Image, size: int | None) -> Tensor:
-    """PIL image -> ``[3, S, S]`` in [0, 1]: RGB, shorter side resized to ``size`` (bicubic) and centre-cropped;
-    no resizing when ``size`` is None (the open_clip eval transform without Normalize)."""
+    """PIL image -> ``[3, S, S]`` in [0, 1]: shorter side resized to ``size`` (bicubic) and centre-cropped; no
+    resizing when ``size`` is None (the open_clip eval transform without Normalize).
+
+    8-bit images go through ``convert("RGB")`` (greyscale replicated, palette expanded, alpha dropped). 16-bit
+    greyscale is scaled by its bit depth (divided by 65535), not clipped to 8 bits, resized as floats and replicated
+    to 3 channels. (Pillow reads 16-bit RGB files as 8-bit ``RGB``, scaled by their depth.)
+
+    Raises:
+        ValueError: a mode ``I`` image outside the 16-bit range.
+    """
     # heavy: torchvision takes ~1.5 s to import; config validation imports this module (list_datasets) without images
     from torchvision.transforms import functional as TF
 
-    image = image.convert("RGB")
+    grey = _grey16_as_float(image)
+    image = image.convert("RGB") if grey is None else grey
     if size is not None:
         image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)
-    return TF.to_tensor(image)
+    tensor = TF.to_tensor(image)  # 8-bit: divided by 255; mode F: the values as they are
+    if grey is not None:
+        tensor = tensor.clamp(0.0, 1.0).expand(3, -1, -1).contiguous()  # bicubic overshoot; greyscale -> 3 channels
+    return tensor
 
 
 class ImageDataset:
@@ -41,7 +137,7 @@ class ImageDataset:
     names. Plain attributes only, so it pickles into DDP-spawned processes and data-loader workers."""
 
     def __init__(self, classnames: list[str], labels: list[int] | None, size: int | None, files: list[Path] | None = None,
-                 array=None, source=None, length: int | None = None) -> None:
+                 array=None, source=None, length: int | None = None, origin: str | None = None) -> None:
         self.classnames = classnames
         self.labels = labels  # None when the source cannot list labels without decoding every image
         self.size = size
@@ -49,16 +145,35 @@ class ImageDataset:
         self.array = array
         self.source = source  # an indexable dataset returning (PIL image, label), e.g. a CLIP_benchmark dataset
         self._length = length if length is not None else len(labels)
+        self.origin = origin  # how error messages name a ``source`` dataset ("CLIP_benchmark dataset 'dtd' in ...")
 
     def __len__(self) -> int:
         return self._length
 
     def load(self, index: int) -> tuple[Tensor, int]:
-        if self.source is not None:
-            image, label = self.source[index]
-            return to_tensor(image, self.size), int(label)
-        image = Image.fromarray(self.array[index]) if self.array is not None else Image.open(self.files[index])
-        return to_tensor(image, self.size), self.labels[index]
+        """``(image [3, H, W] in [0, 1], label)`` of sample ``index``.
+
+        Raises:
+            ImageReadError: the file (or the source's item) cannot be read, naming it; also inside a DataLoader worker.
+        """
+        if self.array is not None:
+            return to_tensor(Image.fromarray(self.array[index]), self.size), self.labels[index]
+        try:
+            if self.source is not None:
+                image, label = self.source[index]
+                return to_tensor(image, self.size), int(label)
+            with Image.open(self.files[index]) as image:
+                return to_tensor(image, self.size), self.labels[index]
+        except ClipureError:
+            raise
+        except READ_ERRORS as exc:
+            if self.source is not None:
+                raise ImageReadError(f"Sample id {index} of {self.origin or 'the dataset'} cannot be read: "
+                                     f"{_reason(exc)}. Fix: repair or replace that item of the dataset, or leave it out "
+                                     "with data.ids_file.") from exc
+            raise ImageReadError(f"Image '{self.files[index]}' (sample id {index}) cannot be read: {_reason(exc)}. "
+                                 "Fix: replace or delete the file (data.on_bad_image=skip leaves out the files found "
+                                 "unreadable when the run starts).") from exc
 
 
 def _missing(name: str, root: Path, fix: str) -> DataNotFoundError:
@@ -199,7 +314,8 @@ def _clip_benchmark(cfg: DataCfg) -> ImageDataset:
         if not images:
             raise _missing(cfg.benchmark, root, "the webdataset shards hold no samples.")
         return ImageDataset(classnames, labels, cfg.image_size or 224, array=images)
-    return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds))
+    return ImageDataset(classnames, _known_labels(ds), cfg.image_size or 224, source=ds, length=len(ds),
+                        origin=f"CLIP_benchmark dataset '{cfg.benchmark}' in '{root}'")
 
 
 def _array_file(cfg: DataCfg) -> ImageDataset:
@@ -240,7 +356,10 @@ def build_dataset(cfg: DataCfg) -> ImageDataset:
 
 def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     """The evaluated sample ids: from ``ids_file``, else the first N, else N drawn with ``subset_seed``
-    (round-robin over classes, so the subset is class-balanced). Independent of the number of processes."""
+    (round-robin over classes, so the subset is class-balanced). Independent of the number of processes.
+
+    Raises ``ConfigError`` when ``data.num_samples`` is not positive or exceeds the dataset's size (never a silent
+    clamp: ``config.yaml`` would record a number that was not evaluated), or an id of ``ids_file`` is out of range."""
     n_total = len(dataset)
     if cfg.ids_file:
         path = resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")
@@ -252,7 +371,10 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     n = n_total if cfg.num_samples is None else int(cfg.num_samples)
     if n <= 0:
         raise ConfigError(f"data.num_samples={cfg.num_samples} must be positive (or null for the whole dataset).")
-    n = min(n, n_total)
+    if n > n_total:
+        raise ConfigError(f"data.num_samples={n} asks for more images than dataset '{cfg.name}' at '{cfg.root}' holds "
+                          f"({n_total}). Fix: set data.num_samples=null to evaluate all {n_total}, or a number "
+                          f"<= {n_total}.")
     if cfg.subset == SubsetMode.first:
         return list(range(n))
     generator = torch.Generator().manual_seed(int(cfg.subset_seed))
@@ -271,6 +393,60 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
                 chosen.append(q[depth])
         depth += 1
     return chosen
+
+
+def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[list[int], list[Path]]:
+    """Check the files of the selected ``ids`` before anything else is built (:func:`probe_image`: headers and
+    end markers, no full decode where the format allows) and return ``(ids to evaluate, files left out)``.
+
+    A file that cannot be read raises ``ImageReadError`` naming it (``data.on_bad_image=error``), or is left out
+    with one warning listing the files (``skip``; ``ConfigError`` when none remains). With ``data.image_size`` null
+    the images are batched at their native size, so one whose size differs from the most common one raises
+    ``ConfigError`` naming the file, both sizes and ``data.image_size``. Datasets held in memory or read through
+    another library (CIFAR, array files, CLIP_benchmark) have no files to check and pass unchanged.
+    """
+    ids = list(ids)
+    if dataset.files is None:
+        return ids, []
+    sizes: dict[int, tuple[int, int]] = {}
+    bad: list[tuple[Path, str]] = []
+    for i in ids:
+        try:
+            sizes[i] = probe_image(dataset.files[i])
+        except READ_ERRORS as exc:
+            bad.append((dataset.files[i], _reason(exc)))
+    paths = [path for path, _ in bad]
+    if bad and OnBadImage(cfg.on_bad_image) == OnBadImage.error:
+        others = (f"; {len(bad) - 1} more of the {len(ids)} selected images cannot either: {_listed(paths[1:])}"
+                  if len(bad) > 1 else "")
+        raise ImageReadError(f"Image '{paths[0]}' cannot be read ({bad[0][1]}){others}. Fix: replace or delete the "
+                             "file(s), or set data.on_bad_image=skip to evaluate without them.")
+    kept = [i for i in ids if i in sizes]
+    if bad and not kept:
+        raise ConfigError(f"None of the {len(ids)} selected images of '{cfg.root}' can be read, e.g. '{paths[0]}' "
+                          f"({bad[0][1]}). Fix: point data.root at a folder of images.")
+    if bad:
+        log.warning("data.on_bad_image=skip: left out %d of the %d selected images, which cannot be read; evaluating "
+                    "the other %d. Files: %s", len(bad), len(ids), len(kept), _listed(paths))
+    _check_native_sizes(dataset, kept, sizes)
+    return kept, paths
+
+
+def _check_native_sizes(dataset: ImageDataset, ids: list[int], sizes: dict[int, tuple[int, int]]) -> None:
+    """Without ``data.image_size`` a batch stacks images at their native size: every selected one must share it."""
+    if dataset.size is not None or not ids:
+        return
+    common = Counter(sizes[i] for i in ids).most_common(1)[0][0]
+    odd = [i for i in ids if sizes[i] != common]
+    if not odd:
+        return
+    (width, height), (common_w, common_h) = sizes[odd[0]], common
+    others = (f" ({len(odd)} of the {len(ids)} selected images differ: {_listed([dataset.files[i] for i in odd])})"
+              if len(odd) > 1 else "")
+    raise ConfigError(f"Image '{dataset.files[odd[0]]}' is {width}x{height} but the other selected images are "
+                      f"{common_w}x{common_h}{others}; with data.image_size=null images keep their native size and a "
+                      f"batch needs one size. Fix: set data.image_size=<N> (e.g. data.image_size={min(common)}) to "
+                      "resize and centre-crop every image to NxN, or remove the odd files.")
 
 
 class IndexedSubset(torch.utils.data.Dataset):
