@@ -122,6 +122,7 @@ def run_eval(cfg: DictConfig) -> dict:
             datamodule = ZeroShotDataModule(cfg.data)
             datamodule.setup("test")  # fails now, with the path, if the data is missing
         env = write_environment(run_dir, sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
+                                skipped_images=[str(p) for p in datamodule.skipped_files],  # data.on_bad_image=skip
                                 checkpoints=checkpoint_hashes(cfg))
 
         classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
