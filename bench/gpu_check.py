@@ -1134,14 +1134,25 @@ def update_benchmarks_md(payload: dict | None, path: Path | None = None) -> Path
 
 
 # --------------------------------------------------------------------------------------------------------- main
-def quiet_libraries() -> None:
-    """Progress of this script only: the libraries' INFO lines and the masking checks' expected warnings are muted."""
+_QUIETED = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "auto-attack", "clipure_lit",
+            "diffusers", "root")
+
+
+def quiet_libraries() -> dict[str, int]:
+    """Progress of this script only: the libraries' INFO lines and the masking checks' expected warnings are muted.
+    Returns the previous levels, for :func:`restore_levels` (``main`` also runs inside test processes)."""
     import pytorch_lightning  # noqa: F401 - sets its loggers' levels on import: import first, then override
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "auto-attack", "clipure_lit",
-                 "diffusers", "root"):
+    previous = {name: logging.getLogger(name).level for name in _QUIETED}
+    for name in _QUIETED:
         logging.getLogger(name).setLevel(logging.ERROR)
+    return previous
+
+
+def restore_levels(previous: dict[str, int]) -> None:
+    for name, level in previous.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def run_check(mode: str, budget_s: float, only: list[str], work: Path, ddp_cpu: bool = False) -> dict:
@@ -1171,6 +1182,14 @@ def run_check(mode: str, budget_s: float, only: list[str], work: Path, ddp_cpu: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    levels = {name: logging.getLogger(name).level for name in _QUIETED}
+    try:
+        return _main(argv)
+    finally:
+        restore_levels(levels)
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-s", type=float, default=None,
                     help=f"total seconds (default {DEFAULT_BUDGET_S['cuda']:.0f}; "
