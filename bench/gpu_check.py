@@ -90,7 +90,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import REPO, RESULTS, log, median, reset_peak_rss, status_kb, time_round_robin, write_result  # noqa: E402
+from bench.harness import (REPO, RESULTS, log, median, reset_peak_rss, status_kb, stdout_redirected,  # noqa: E402
+                           time_round_robin, write_result)
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
 
@@ -450,15 +451,11 @@ def exact_fp32():
 def quiet_stdout():
     """Discard what is written to file descriptor 1 (eval.main's tables; the entries carry what matters), so stdout
     keeps this script's verdict. Errors still reach stderr."""
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
+    null = os.open(os.devnull, os.O_WRONLY)
     try:
-        yield
+        with stdout_redirected(null):
+            yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
         os.close(null)
 
 

@@ -10,6 +10,7 @@ Absolute seconds are kept in the JSON files for inspection but never compared ac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -164,3 +165,18 @@ def write_result(name: str, payload: dict[str, Any], out: Path | None = None) ->
         payload["headline"] = [h.as_dict() if isinstance(h, Headline) else h for h in payload["headline"]]
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+@contextlib.contextmanager
+def stdout_redirected(target_fd: int):
+    """Point file descriptor 1 at ``target_fd`` for the block (also what C code and child processes write), then
+    restore it: benchmark scripts keep their own table on stdout while ``eval.main`` reports go elsewhere."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(target_fd, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -27,7 +27,6 @@ Writes bench/results/pipeline_throughput.json (every raw number) and prints the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import shutil
@@ -41,7 +40,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.builders import shipped_classnames  # noqa: E402
-from bench.harness import REPO, Headline, log, markdown_table, median, time_round_robin, write_result  # noqa: E402
+from bench.harness import (REPO, Headline, log, markdown_table, median, stdout_redirected,  # noqa: E402
+                           time_round_robin, write_result)
 
 PROFILES = {
     "quick": {"demo": ["data.num_samples=10", "attack.n_iter=5"], "head_reps": {"small": 3, "ViT-B-32": 2},
@@ -56,19 +56,10 @@ DDP_WHY = ("2 CPU cores shared by both ranks: a second process adds no compute, 
            "building and gloo all-gather overhead")
 
 
-@contextlib.contextmanager
 def stdout_to_stderr():
     """Send everything written to file descriptor 1 (``eval.main``'s reports, progress bars, spawned ranks) to
     stderr, so stdout holds only this script's table."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    return stdout_redirected(2)
 
 
 def run_eval(argv: list[str]) -> float:

@@ -31,16 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipure_lit.clip.backbone import load_backbone
-from clipure_lit.clip.prompts import get_classnames, get_templates
+from clipure_lit.clip.prompts import get_templates
 from clipure_lit.clip.zeroshot import class_embeddings
 from clipure_lit.config.loader import to_plain
-from clipure_lit.data.datasets import build_dataset, select_ids
 from clipure_lit.errors import ConfigError
 from clipure_lit.training.clip_job import augment_uint8
 from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
                                          build_fit_trainer, copy_export, export_state_dict, resolve_resume)
-from clipure_lit.training.data import TrainDataModule, build_eval_subset
-from clipure_lit.training.image_cache import load_uint8
+from clipure_lit.training.data import training_inputs
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +135,7 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 
 def run_adv(cfg, run_dir: Path, logger) -> dict:
     """Fine-tune (or resume) with FARE or TeCoA; returns final metrics."""
-    dataset = build_dataset(cfg.data)
-    classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
-    ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None
-    images, labels = load_uint8(dataset, cfg.adv_train.image_cache_dir, ids)
-    has_val = cfg.fit.val_every_n_steps != 0
-    val_set = build_eval_subset(cfg.val_data)[0] if has_val else None
-    dm = TrainDataModule((images, labels), cfg.data.batch_size, val_set=val_set, val_batch_size=cfg.val_data.batch_size,
-                         seed=cfg.seed)
+    classnames, dm, has_val = training_inputs(cfg, cfg.adv_train.image_cache_dir)
     backbone, tokenizer = load_backbone(cfg.clip)
     module = AdvTrainModule(cfg, backbone, tokenizer, classnames, run_dir=run_dir)
     trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val)

@@ -37,15 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipure_lit.clip.backbone import load_backbone
-from clipure_lit.clip.prompts import blank_prompts, format_prompts, get_classnames, get_templates
+from clipure_lit.clip.prompts import blank_prompts, format_prompts, get_templates
 from clipure_lit.clip.zeroshot import class_embeddings, encode_prompts
 from clipure_lit.config.loader import load_config, to_plain
 from clipure_lit.data.datamodule import ZeroShotDataModule
-from clipure_lit.data.datasets import build_dataset, select_ids
 from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
                                          build_fit_trainer, copy_export, export_state_dict, resolve_resume)
-from clipure_lit.training.data import TrainDataModule, build_eval_subset
-from clipure_lit.training.image_cache import load_uint8
+from clipure_lit.training.data import training_inputs
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +212,7 @@ def zero_shot_stats(backbone, tokenizer, classnames: list[str], prompts_cfg, z: 
 
 def run_clip(cfg, run_dir: Path, logger) -> dict:
     """Train (or resume) the ``clip`` job; returns final metrics (also in ``results.json``)."""
-    dataset = build_dataset(cfg.data)
-    classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
-    ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None
-    images, labels = load_uint8(dataset, cfg.clip_train.image_cache_dir, ids)  # [N, S, S, 3] uint8, [N]
-    log.info("Training data: %s '%s' (%d images, %d classes)", cfg.data.name, cfg.data.root, len(labels), len(classnames))
-    has_val = cfg.fit.val_every_n_steps != 0
-    val_set = build_eval_subset(cfg.val_data)[0] if has_val else None
-    dm = TrainDataModule((images, labels), cfg.data.batch_size, val_set=val_set, val_batch_size=cfg.val_data.batch_size,
-                         seed=cfg.seed)
+    classnames, dm, has_val = training_inputs(cfg, cfg.clip_train.image_cache_dir)
     backbone, tokenizer = load_backbone(cfg.clip)
     module = ClipTrainModule(cfg, backbone, tokenizer, classnames, run_dir=run_dir)
     trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val)

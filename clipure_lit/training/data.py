@@ -6,12 +6,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from clipure_lit.clip.prompts import get_classnames
 from clipure_lit.data.datasets import IndexedSubset, build_dataset, select_ids
+from clipure_lit.training.image_cache import load_uint8
+
+log = logging.getLogger(__name__)
 
 
 class TensorBatches(Dataset):
@@ -68,3 +74,19 @@ def build_eval_subset(data_cfg):
     """The evaluation-style subset ``IndexedSubset`` (and its dataset) for ``data_cfg``."""
     dataset = build_dataset(data_cfg)
     return IndexedSubset(dataset, select_ids(data_cfg, dataset)), dataset
+
+
+def training_inputs(cfg, image_cache_dir: str | None) -> tuple[list[str], "TrainDataModule", bool]:
+    """What every fitting job starts from: the class names (``data.classnames`` or the dataset's), the data module
+    (the selected training images decoded once into the uint8 cache at ``image_cache_dir``, and the validation
+    subset), and whether validation runs (``fit.val_every_n_steps != 0``)."""
+    dataset = build_dataset(cfg.data)
+    classnames = get_classnames(cfg.data.classnames) if cfg.data.classnames else dataset.classnames
+    ids = select_ids(cfg.data, dataset) if (cfg.data.num_samples is not None or cfg.data.ids_file) else None
+    images, labels = load_uint8(dataset, image_cache_dir, ids)  # [N, S, S, 3] uint8, [N]
+    log.info("Training data: %s '%s' (%d images, %d classes)", cfg.data.name, cfg.data.root, len(labels), len(classnames))
+    has_val = cfg.fit.val_every_n_steps != 0
+    val_set = build_eval_subset(cfg.val_data)[0] if has_val else None
+    dm = TrainDataModule((images, labels), cfg.data.batch_size, val_set=val_set, val_batch_size=cfg.val_data.batch_size,
+                         seed=cfg.seed)
+    return list(classnames), dm, has_val
