@@ -214,3 +214,13 @@ def test_environment_hashes_the_model_config_tokenizer_and_embedding_files(tmp_p
     config.write_text(json.dumps({**json.loads(open(hashes["clip.model_config"]["path"]).read()), "embed_dim": 32}))
     assert checkpoint_hashes(tiny_cfg(f"clip.model_config={config}"))["clip.model_config"]["sha256"] != before
     assert checkpoint_hashes(tiny_cfg())["clip.tokenizer"] == {"name": "Tiny-ViT-32px (open_clip default)"}
+
+
+def test_tokenizer_names_and_embedding_files_are_checked_when_composing(tmp_path):
+    with pytest.raises(ConfigError, match="not an open_clip model name"):
+        tiny_cfg("clip.tokenizer=ViT-B-33")
+    assert tiny_cfg("clip.tokenizer=ViT-B-32").clip.tokenizer == "ViT-B-32"
+    from clipure_lit.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="prompts.class_embeddings"):
+        tiny_cfg(f"prompts.class_embeddings={tmp_path / 'absent.safetensors'}")
