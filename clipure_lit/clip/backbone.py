@@ -7,6 +7,7 @@ defined on the input pixels, as in AutoAttack/RobustBench and in the released CL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from clipure_lit.clip.checkpoint import CheckpointReadError, load_into
 from clipure_lit.clip.config import ClipCfg, Precision
-from clipure_lit.clip.tokenizers import build_tokenizer
+from clipure_lit.clip.tokenizers import build_tokenizer, callable_source, is_callable_spec
 from clipure_lit.clip.weights import ensure_weights_available
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.paths import resolve_path
@@ -162,6 +163,16 @@ def unreadable_checkpoint_message(cfg: ClipCfg, exc: Exception) -> str:
             "it was saved from.")
 
 
+def tokenizer_id(spec: str | None) -> str:
+    """What identifies ``clip.tokenizer`` in the backbone's name (and so in text-cache keys): the spec, and for a
+    ``module:callable`` the SHA-256 of its source file, so editing the tokenizer never reuses stale embeddings."""
+    if not spec:
+        return ""
+    source = callable_source(str(spec)) if is_callable_spec(str(spec)) else None
+    digest = f"@{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}" if source is not None else ""
+    return f"/tok={spec}{digest}"
+
+
 def encoder_input_size(model: nn.Module) -> int:
     """The input size the image tower really takes: a timm trunk's own (open_clip does not pass ``image_size`` to
     timm models, e.g. EVA02), else ``visual.image_size``."""
@@ -222,6 +233,6 @@ def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu", with_tokeniz
         mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
         std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
     backbone = ClipBackbone(model, size, mean, std, cfg.resize_mode.value if hasattr(cfg.resize_mode, "value") else str(cfg.resize_mode),
-                            input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}" + (f"/tok={cfg.tokenizer}" if cfg.tokenizer else ""))
+                            input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}" + tokenizer_id(cfg.tokenizer))
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.arch, model, cfg.cache_dir) if with_tokenizer else None
     return backbone.to(device), tokenizer

@@ -149,7 +149,8 @@ def load_into(model: nn.Module, path: str | Path, ignore_keys: list[str] | tuple
             + (f" (entries read under the prefix '{prefix}')" if prefix else "") + ". " + ". ".join(parts) + ". "
             "Fix: point clip.arch / clip.model_config at the architecture the file was saved from; list entries that "
             "are not model weights (a vocabulary table, a classifier head) in clip.ignore_keys=[name,...] (fnmatch "
-            "patterns such as 'head.*' allowed); a file that lacks weights cannot be loaded.")
+            "patterns such as 'head.*' allowed). Missing parameters and other shapes cannot be ignored: they mean another "
+            "architecture or an incomplete file.")
     model.load_state_dict({k: v for k, v in state.items()}, strict=True)
     if prefix or ignored:
         log.info("%s: loaded %d tensors from %s (prefix '%s' removed; ignored: %s)", where, len(state), path, prefix,

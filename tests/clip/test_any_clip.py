@@ -147,6 +147,10 @@ def test_custom_tokenizer_callable_gives_the_same_logits(tmp_path, reference, mo
     (tmp_path / "my_tokenizers.py").write_text(TOKENIZER_FILE)
     model, tok = load_backbone(tiny_cfg(f"clip.tokenizer={tmp_path / 'my_tokenizers.py'}:same_as_open_clip").clip)
     assert torch.equal(logits_of(model, tok, images), expected)
+    # the tokenizer's source is part of the text-cache key: an edited tokenizer never reuses stale embeddings
+    (tmp_path / "my_tokenizers.py").write_text(TOKENIZER_FILE + "\n# edited\n")
+    edited, _ = load_backbone(tiny_cfg(f"clip.tokenizer={tmp_path / 'my_tokenizers.py'}:same_as_open_clip").clip)
+    assert edited.name != model.name and "my_tokenizers.py:same_as_open_clip@" in edited.name
     monkeypatch.syspath_prepend(str(tmp_path))
     model, tok = load_backbone(tiny_cfg("clip.tokenizer=my_tokenizers:same_as_open_clip").clip)
     assert torch.equal(logits_of(model, tok, images), expected)
