@@ -53,3 +53,26 @@ def test_readme_commands_work_as_written_and_agree(tmp_path, monkeypatch):
     assert hashes[1]["clip.tokenizer"]["path"].endswith("docs/examples/clip_tokenizer.py")
     assert {"prompts.class_embeddings", "prompts.blank_embedding"} <= set(hashes[2])
     assert hashes[0]["clip.model_config"] == hashes[1]["clip.model_config"]
+
+
+def test_lightning_checkpoint_needs_its_extra_entries_named(tmp_path, capsys, monkeypatch):
+    """A Lightning checkpoint of the shipped CLIP: refused with exit 2 and one paragraph naming the extra entry and
+    the detected prefix; loaded with clip.ignore_keys, which config.yaml records, with the shipped model's predictions."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(PROJECT_ROOT)
+    state = load_file(str(PROJECT_ROOT / "checkpoints" / "vit_c10_s4_clip.safetensors"))
+    ckpt = tmp_path / "lit.ckpt"
+    torch.save({"epoch": 1, "state_dict": {**{f"model.backbone.model.{k}": v for k, v in state.items()},
+                                           "model.head.class_embeddings": torch.zeros(128, 10)}}, ckpt)
+    base = ["data.num_samples=8", f"prompts.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"]
+    with pytest.raises(SystemExit) as exc:
+        eval_script.main([*base, f"clip.pretrained={ckpt}", f"run_dir={tmp_path / 'refused'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    assert "model.head.class_embeddings" in err and "prefix 'model.backbone.model.'" in err
+    eval_script.main([*base, f"clip.pretrained={ckpt}", "clip.ignore_keys=[model.head.*]", f"run_dir={tmp_path / 'lit'}"])
+    eval_script.main([*base, f"run_dir={tmp_path / 'shipped'}"])
+    assert "- model.head.*" in (tmp_path / "lit" / "config.yaml").read_text()
+    assert (tmp_path / "lit" / "samples.csv").read_text() == (tmp_path / "shipped" / "samples.csv").read_text()
