@@ -228,3 +228,11 @@ def test_tokenizer_names_and_embedding_files_are_checked_when_composing(tmp_path
 
     with pytest.raises(DataNotFoundError, match="prompts.class_embeddings"):
         tiny_cfg(f"prompts.class_embeddings={tmp_path / 'absent.safetensors'}")
+
+
+def test_uncached_hugging_face_tokenizer_is_a_clear_error_offline(reference):
+    from clipure_lit.clip.tokenizers import build_tokenizer
+    from clipure_lit.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="not in the local cache.*prompts.class_embeddings"):
+        build_tokenizer("hf-hub:example-org/not-cached-tokenizer", "Tiny-ViT-32px", reference[0].model)
