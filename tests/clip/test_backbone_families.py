@@ -10,6 +10,7 @@ user without the tokenizer takes.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -66,4 +67,4 @@ def test_family_builds_and_runs_clipure_cos(family, tmp_path):
     loss = F.cross_entropy(classifier(x_adv), torch.tensor([1]))
     (grad,) = torch.autograd.grad(loss, x_adv)
     assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
-    print(f"{family} ({arch}): {time.perf_counter() - start:.1f} s")
+    logging.getLogger(__name__).info("%s (%s): %.1f s", family, arch, time.perf_counter() - start)
