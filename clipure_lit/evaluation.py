@@ -58,11 +58,12 @@ class ClipParts:
 def load_clip(cfg: DictConfig, classnames: list[str], device: torch.device | str = "cpu",
               timer: PhaseTimer | None = None) -> ClipParts:
     """Backbone and zero-shot head from ``cfg.clip`` / ``cfg.prompts`` (text embeddings from the on-disk cache when
-    possible); ``cfg.data.classnames``, when set, replaces the dataset's ``classnames``. Phases for ``timer``:
+    possible, or from ``prompts.class_embeddings``; with ``prompts.blank_embedding`` too, no tokenizer is built); ``cfg.data.classnames``, when set, replaces the dataset's ``classnames``. Phases for ``timer``:
     ``load_backbone``, ``build_text_head``."""
     timer = timer or PhaseTimer()
+    text_needed = not (cfg.prompts.class_embeddings and cfg.prompts.blank_embedding)  # both precomputed: no tokenizer
     with timer.phase("load_backbone"):
-        backbone, tokenizer = load_backbone(cfg.clip, device=device)
+        backbone, tokenizer = load_backbone(cfg.clip, device=device, with_tokenizer=text_needed)
     if cfg.data.classnames is not None:
         named = get_classnames(cfg.data.classnames)
         if len(named) != len(classnames):
@@ -71,7 +72,8 @@ def load_clip(cfg: DictConfig, classnames: list[str], device: torch.device | str
         classnames = named
     cache = TextEmbeddingCache(cfg.prompts.cache_dir)
     with timer.phase("build_text_head"):
-        head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale)
+        head = build_head(backbone, tokenizer, classnames, get_templates(cfg.prompts.class_templates), cache, cfg.clip.logit_scale,
+                          embeddings_file=cfg.prompts.class_embeddings)
     return ClipParts(backbone, tokenizer, head, cache, list(classnames))
 
 

@@ -24,6 +24,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
+from clipure_lit.clip.tokenizers import callable_source, is_callable_spec
 from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.registry import chosen_sections
@@ -134,9 +135,41 @@ def _sha256(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _hash_entry(path: Path) -> dict:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {"path": str(path), "sha256": _sha256(files)}
+
+
+def text_side_hashes(cfg: DictConfig) -> dict:
+    """Provenance of what defines the model besides its weights: ``clip.model_config`` (SHA-256 of the JSON),
+    ``clip.tokenizer`` (its name, and the SHA-256 of the Python file of a ``module:callable`` / ``file.py:callable``
+    tokenizer) and the precomputed ``prompts.class_embeddings`` / ``prompts.blank_embedding`` files."""
+    out = {}
+    clip = cfg.clip
+    if clip.get("model_config"):
+        path = find_path(clip.model_config)
+        if path is not None:
+            out["clip.model_config"] = _hash_entry(path)
+    spec = clip.get("tokenizer")
+    entry = {"name": str(spec) if spec else f"{clip.arch} (open_clip default)"}
+    if spec and is_callable_spec(str(spec)):
+        source = callable_source(str(spec))
+        if source is not None:
+            entry.update({"path": str(source), "sha256": _sha256([source])})
+    out["clip.tokenizer"] = entry
+    if "prompts" in cfg:
+        for key in ("class_embeddings", "blank_embedding"):
+            value = cfg.prompts.get(key)
+            path = find_path(value) if value else None
+            if path is not None:
+                out[f"prompts.{key}"] = _hash_entry(path)
+    return out
+
+
 def checkpoint_hashes(cfg: DictConfig) -> dict:
-    """SHA-256 of every local weight file the run loads (CLIP checkpoint, and each chosen purifier's
-    ``weight_files``: a diffusion prior, a diffusion UNet folder). A shipped file (``checkpoints/``) whose hash is
+    """SHA-256 of every local file that defines the run's model: the CLIP checkpoint and each chosen purifier's
+    ``weight_files`` (a diffusion prior, a diffusion UNet folder), then :func:`text_side_hashes` (model-config JSON,
+    tokenizer name or file, precomputed embedding files). A shipped file (``checkpoints/``) whose hash is
     not the committed one (``checkpoints/SHA256SUMS``) is logged as a warning and recorded with
     ``"matches_shipped": false``: every number of the run comes from weights that are not the shipped ones."""
     candidates = {"clip.pretrained": cfg.clip.pretrained}
@@ -147,9 +180,8 @@ def checkpoint_hashes(cfg: DictConfig) -> dict:
     out = {}
     for key, value in candidates.items():
         path = find_path(value) if value else None
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path is not None and path.is_dir() else [path] if path else []
-        if files:
-            out[key] = {"path": str(path), "sha256": _sha256(files)}
+        if path is not None:
+            out[key] = _hash_entry(path)
             expected = shipped.get(path.resolve())
             if expected is not None:
                 out[key]["matches_shipped"] = out[key]["sha256"] == expected
@@ -158,6 +190,7 @@ def checkpoint_hashes(cfg: DictConfig) -> dict:
                                 "modified, and this run's numbers are not those of the shipped model. Fix: `git checkout "
                                 "-- %s` restores it.", key, value, out[key]["sha256"][:12], expected[:12],
                                 SHIPPED_SUMS.name, path)
+    out.update(text_side_hashes(cfg))
     return out
 
 

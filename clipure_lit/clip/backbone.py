@@ -7,6 +7,7 @@ defined on the input pixels, as in AutoAttack/RobustBench and in the released CL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -16,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipure_lit.clip.checkpoint import CheckpointReadError, load_into
 from clipure_lit.clip.config import ClipCfg, Precision
+from clipure_lit.clip.tokenizers import build_tokenizer, callable_source, is_callable_spec
 from clipure_lit.clip.weights import ensure_weights_available
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.paths import resolve_path
@@ -48,8 +51,16 @@ class ClipBackbone(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") and self.model.text_projection is not None \
-            else int(self.model.visual.output_dim)
+        """Size of the joint embedding: the text projection's output (CLIP), the text tower's ``output_dim``
+        (open_clip's CustomTextCLIP: EVA02, CLIPA, CoCa), else the image tower's."""
+        proj = getattr(self.model, "text_projection", None)
+        if isinstance(proj, Tensor):
+            return int(proj.shape[-1])
+        for tower in (getattr(self.model, "text", None), self.model.visual):
+            dim = getattr(tower, "output_dim", None)
+            if dim:
+                return int(dim)
+        raise AttributeError(f"cannot tell the embedding size of {type(self.model).__name__}")
 
     @property
     def logit_scale(self) -> float:
@@ -144,52 +155,84 @@ def unreadable_checkpoint_message(cfg: ClipCfg, exc: Exception) -> str:
     detail = detail if len(detail) <= 600 else detail[:600] + " ..."
     if "weights_only" in detail:  # torch's advice to unpickle arbitrary objects must never be followed for weights
         detail = detail.split("Weights only load failed")[0].strip() or "it holds pickled objects other than tensors"
-    return (f"clip.pretrained='{cfg.pretrained}' could not be loaded into clip.arch='{cfg.arch}': {type(exc).__name__}: "
+    kind = "" if type(exc).__name__ == "CheckpointReadError" else f"{type(exc).__name__}: "
+    return (f"clip.pretrained='{cfg.pretrained}' could not be loaded into clip.arch='{cfg.arch}': {kind}"
             f"{detail}. Expected an open_clip or OpenAI state dict (.pt/.pth/.bin, read with torch.load(weights_only=True); "
             "never load weights with weights_only=False) or a .safetensors file, whose keys and shapes match the "
             "architecture. Fix: point clip.pretrained at such a file, or clip.arch / clip.model_config at the architecture "
             "it was saved from.")
 
 
-def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu"):
+def tokenizer_id(spec: str | None) -> str:
+    """What identifies ``clip.tokenizer`` in the backbone's name (and so in text-cache keys): the spec, and for a
+    ``module:callable`` the SHA-256 of its source file, so editing the tokenizer never reuses stale embeddings."""
+    if not spec:
+        return ""
+    source = callable_source(str(spec)) if is_callable_spec(str(spec)) else None
+    digest = f"@{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}" if source is not None else ""
+    return f"/tok={spec}{digest}"
+
+
+def encoder_input_size(model: nn.Module) -> int:
+    """The input size the image tower really takes: a timm trunk's own (open_clip does not pass ``image_size`` to
+    timm models, e.g. EVA02), else ``visual.image_size``."""
+    trunk_size = getattr(getattr(getattr(model.visual, "trunk", None), "patch_embed", None), "img_size", None)
+    size = trunk_size if trunk_size is not None else model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu", with_tokenizer: bool = True):
     """Build the backbone and tokenizer named by ``cfg``.
 
+    A local ``clip.pretrained`` file is loaded by :func:`clipure_lit.clip.checkpoint.load_into` (state dicts,
+    training checkpoints with a prefix, safetensors; ``clip.ignore_keys``; strict otherwise). The tokenizer is
+    ``clip.tokenizer``'s (:func:`clipure_lit.clip.tokenizers.build_tokenizer`), checked against the text tower.
+
     Returns:
-        ``(ClipBackbone, tokenizer)``; the backbone is in eval mode with frozen parameters.
+        ``(ClipBackbone, tokenizer)``; the backbone is in eval mode with frozen parameters. The tokenizer is None
+        when ``with_tokenizer`` is false (precomputed text embeddings: nothing is tokenised).
 
     Raises:
-        WeightsUnavailableError: weights are not cached and cannot be downloaded (fails within seconds).
+        WeightsUnavailableError: weights (or a Hugging Face tokenizer) are not cached and cannot be downloaded.
+        ConfigError: an unreadable or mismatched checkpoint, or a tokenizer that breaks the contract.
     """
     import open_clip  # heavy: ~4 s to import (timm, torchvision); only building a model needs it
 
     register_model_config(cfg)
     ensure_weights_available(cfg.arch, cfg.pretrained, cfg.cache_dir)
     pretrained = cfg.pretrained
-    if pretrained is not None and Path(pretrained).is_file():
-        pretrained = str(Path(pretrained).resolve())
+    local = pretrained is not None and Path(pretrained).is_file()
+    kwargs = {"force_image_size": int(cfg.force_image_size)} if cfg.force_image_size else {}
     with torch.random.fork_rng(devices=[]):
         # Random initialisation (pretrained=None) must not depend on, or disturb, the global RNG.
         torch.manual_seed(cfg.init_seed)
+        model = open_clip.create_model(cfg.arch, pretrained=None if local else pretrained, cache_dir=cfg.cache_dir,
+                                       device="cpu", **kwargs)
+    if local:
         try:
-            model = open_clip.create_model(cfg.arch, pretrained=pretrained, cache_dir=cfg.cache_dir, device=device)
-        except Exception as exc:  # any failure to read a local file (torch's unpickler raises several types)
-            if pretrained is None or not Path(pretrained).is_file():
-                raise
+            load_into(model, Path(pretrained).resolve(), list(cfg.ignore_keys or []), arch=cfg.arch)
+        except CheckpointReadError as exc:
             raise ConfigError(unreadable_checkpoint_message(cfg, exc)) from None
+    elif cfg.ignore_keys:
+        log.warning("clip.ignore_keys=%s has no effect: clip.pretrained='%s' is not a local file.", list(cfg.ignore_keys),
+                    pretrained)
+    model = model.to(device)
     model.eval().requires_grad_(False)
     input_dtype = torch.float32
     if cfg.precision == Precision.mixed_fp16:
         apply_released_mixed_precision(model)
         input_dtype = torch.float16
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size = encoder_input_size(model)
+    if cfg.force_image_size and size != int(cfg.force_image_size):
+        log.warning("clip.force_image_size=%s does not apply to %s's image tower (a timm model, built at its own "
+                    "size): images are resized to %d.", cfg.force_image_size, cfg.arch, size)
     if cfg.mean is not None and cfg.std is not None:  # filled in when the config was composed (resolve_normalisation)
         mean, std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
     else:  # hf-hub models: their preprocessing config comes with the weights
         mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
         std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))
     backbone = ClipBackbone(model, size, mean, std, cfg.resize_mode.value if hasattr(cfg.resize_mode, "value") else str(cfg.resize_mode),
-                            input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}")
-    tokenizer = open_clip.get_tokenizer(cfg.arch)
+                            input_dtype=input_dtype, name=f"{cfg.arch}/{cfg.pretrained}" + tokenizer_id(cfg.tokenizer))
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.arch, model, cfg.cache_dir) if with_tokenizer else None
     return backbone.to(device), tokenizer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import List, Optional
 
@@ -50,6 +50,18 @@ class ClipCfg:
     # checkpoint). The values used are filled in when the config is composed, so config.yaml records them.
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
+    # Tokenizer of the text tower (null: open_clip's tokenizer for ``arch``). One of: an open_clip model name whose
+    # tokenizer to use (``ViT-B-32``); ``hf-hub:<org>/<repo>``, a Hugging Face tokenizer (needs it in the local
+    # cache when offline); or ``module:callable`` / ``path/to/file.py:callable``, a Python callable taking a list of
+    # prompts and returning integer token ids ``[N, context_length]`` (see clipure_lit/clip/tokenizers.py).
+    tokenizer: Optional[str] = None
+    # Checkpoint entries to drop before loading ``pretrained`` (exact names or fnmatch patterns such as
+    # ``head.*``, matched against the names in the file and after a detected prefix is removed). Every other
+    # entry must match the architecture.
+    ignore_keys: List[str] = field(default_factory=list)
+    # Build the architecture at this input size instead of its config's (tests and smoke runs at reduced size;
+    # pretrained weights saved at another size do not load). null: the config's size.
+    force_image_size: Optional[int] = None
 
 
 @dataclass
@@ -64,3 +76,9 @@ class PromptsCfg:
     blank_prompt: Optional[str] = None
     # Directory of the on-disk cache of text embeddings (keyed by model, templates and class names).
     cache_dir: str = ".cache/clipure_lit/text"
+    # Precomputed class embeddings (replace ``class_templates`` and the text tower): a .safetensors or .pt file in
+    # the format of clipure_lit/clip/embeddings.py (``embeddings [K, D]`` and the K class names).
+    class_embeddings: Optional[str] = None
+    # Precomputed blank anchor (replaces ``blank_templates`` / ``blank_prompt``): ``embedding [D]`` in a
+    # .safetensors or .pt file. With both files the text tower and tokenizer are never used.
+    blank_embedding: Optional[str] = None

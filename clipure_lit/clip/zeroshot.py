@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipure_lit.clip.embeddings import load_blank_embedding, load_class_embeddings
 from clipure_lit.clip.prompts import format_prompts
+from clipure_lit.clip.tokenizers import warn_unknown_tokens
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +145,31 @@ class ZeroShotHead(nn.Module):
 
 
 def build_head(backbone, tokenizer, classnames: list[str], templates: list[str], cache: TextEmbeddingCache,
-               logit_scale: float | None = None) -> ZeroShotHead:
+               logit_scale: float | None = None, embeddings_file: str | None = None) -> ZeroShotHead:
+    """The zero-shot head: class embeddings from ``embeddings_file`` (``prompts.class_embeddings``; no text tower,
+    ``tokenizer`` unused) or from the templates through the text tower (cached), with a warning when prompts
+    tokenise to mostly unknown or padding tokens."""
+    scale = backbone.logit_scale if logit_scale is None else float(logit_scale)
+    if embeddings_file:
+        weights = load_class_embeddings(embeddings_file, classnames, backbone.embed_dim)  # [D, K]
+        return ZeroShotHead(weights, scale, classnames).to(backbone.mean.device)
+    # Every template with the first class, and every class with the first template: each word of the prompts is
+    # checked without tokenising all K x T prompts on every run (80,000 for ImageNet's 80 templates).
+    sample = format_prompts(templates, classnames[0]) + [format_prompts(templates[:1], c)[0] for c in classnames[1:]]
+    warn_unknown_tokens(tokenizer, sample, "class prompts checked (every template, every class name)")
     key = cache.key(backbone, "class", {"classnames": classnames, "templates": templates})
     weights = cache.get_or_compute(key, lambda: class_embeddings(backbone, tokenizer, classnames, templates),
                                    shape=(backbone.embed_dim, len(classnames)))  # [D, K]
-    scale = backbone.logit_scale if logit_scale is None else float(logit_scale)
     return ZeroShotHead(weights, scale, classnames).to(backbone.mean.device)
 
 
-def build_blank_anchor(backbone, tokenizer, prompts: list[str], cache: TextEmbeddingCache) -> Tensor:
+def build_blank_anchor(backbone, tokenizer, prompts: list[str], cache: TextEmbeddingCache,
+                       embedding_file: str | None = None) -> Tensor:
     """Mean of the unit embeddings of the blank prompts, ``[D]`` (not renormalised, as released; only its
-    direction matters to a cosine)."""
+    direction matters to a cosine); or the anchor stored in ``embedding_file`` (``prompts.blank_embedding``; no
+    text tower). Prompts that tokenise to mostly unknown or padding tokens are warned about."""
+    if embedding_file:
+        return load_blank_embedding(embedding_file, backbone.embed_dim).to(backbone.mean.device)
+    warn_unknown_tokens(tokenizer, prompts, "blank prompts")
     key = cache.key(backbone, "blank", {"prompts": prompts})
     return cache.get_or_compute(key, lambda: encode_prompts(backbone, tokenizer, prompts).mean(0), shape=(backbone.embed_dim,))

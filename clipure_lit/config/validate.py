@@ -11,10 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipure_lit.clip.backbone import resolve_normalisation
 from clipure_lit.clip.prompts import get_classnames, get_templates, require_class_placeholder
+from clipure_lit.clip.tokenizers import is_callable_spec
 from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import LoggerName, WandbMode, wandb_credentials_present
 from clipure_lit.purifiers.registry import get_entry, section_of
+from clipure_lit.utils.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,16 @@ def validate_clip(cfg: DictConfig) -> None:
                 f"Unknown CLIP architecture clip.arch='{arch}'.{_close(arch, known)} Valid choices are open_clip's model names "
                 f"({len(known)}; e.g. ViT-B-32, ViT-B-16, ViT-L-14), an 'hf-hub:<org>/<repo>' id, or a custom config via clip.model_config."
             )
+    tokenizer = cfg.clip.get("tokenizer")
+    if tokenizer and not is_callable_spec(str(tokenizer)) and not str(tokenizer).startswith("hf-hub:") \
+            and open_clip.get_model_config(str(tokenizer)) is None and str(tokenizer) != arch:
+        raise ConfigError(f"clip.tokenizer='{tokenizer}' is not an open_clip model name, an 'hf-hub:<org>/<repo>' tokenizer, "
+                          f"or a 'module:callable' / 'file.py:callable' path.{_close(str(tokenizer), open_clip.list_models())} "
+                          "Fix: one of those, or null for clip.arch's tokenizer.")
+    for key in ("class_embeddings", "blank_embedding"):
+        value = cfg.prompts.get(key) if "prompts" in cfg else None
+        if value:
+            resolve_path(value, f"precomputed text embeddings (prompts.{key})")
     fill_normalisation(cfg)
 
 

@@ -122,8 +122,10 @@ def blank_prompt_list(prompts_cfg) -> list[str]:
 
 
 def blank_anchor(ctx: BuildContext) -> Tensor:
-    """CLIPure's blank anchor ``[D]`` for the run's prompts (text embeddings from the cache when possible)."""
-    return build_blank_anchor(ctx.backbone, ctx.tokenizer, blank_prompt_list(ctx.cfg.prompts), ctx.text_cache)
+    """CLIPure's blank anchor ``[D]`` for the run's prompts (text embeddings from the cache when possible), or
+    ``prompts.blank_embedding``'s precomputed one."""
+    return build_blank_anchor(ctx.backbone, ctx.tokenizer, blank_prompt_list(ctx.cfg.prompts), ctx.text_cache,
+                              embedding_file=ctx.cfg.prompts.get("blank_embedding"))
 
 
 @register_purifier("clipure_cos", Space.latent, ClipureCosCfg, "CLIPure-Cos: ascent on cos(z, blank-prompt anchor)")
