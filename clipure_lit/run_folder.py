@@ -1,6 +1,7 @@
 """The run folder's lifecycle, the same for an evaluation (``eval.py``) and a training run (``train.py``).
 
-In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_root>/<cfg.name>/<timestamp>``),
+In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else a folder under ``<cfg.output_root>/<cfg.name>/``
+that every process of a multi-process run agrees on),
 :func:`write_config` (the fully resolved ``config.yaml``, before any work), :func:`write_environment`
 (``environment.json``: Python, platform, package versions, git commit, plus what the caller adds, e.g.
 :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
@@ -8,8 +9,10 @@ In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -18,24 +21,69 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from clipure_lit.config.loader import to_yaml
+from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.utils.distributed import launched_without_job_id, launcher_job_name
 from clipure_lit.utils.paths import find_path
+
+# Set by a run's first process for the processes Lightning starts for it on the same node (which re-run the same
+# command line): the run folder that first process chose.
+RUN_DIR_ENV = "CLIPURE_LIT_RUN_DIR"
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
               "omegaconf", "clip-benchmark", "diffusers")
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
-    """Create (if needed) and return the run folder: ``cfg.run_dir`` when set, else a new
-    ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution)."""
+    """Create (if needed) and return the run folder; every process of a multi-process run gets the same one.
+
+    In order: ``cfg.run_dir``; for a process that Lightning started on the node of the run's first process
+    (``LOCAL_RANK`` > 0), the folder that process chose (:data:`RUN_DIR_ENV`, see :func:`share_run_dir`);
+    ``<cfg.output_root>/<cfg.name>/<launcher job>`` for a launch with a job id shared by all its processes
+    (``slurm-<job id>[.<step>]`` under ``srun``, ``torchrun-<rdzv id>``); else a new
+    ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution).
+
+    Raises:
+        ConfigError: a run over several separately launched processes (``trainer.num_nodes`` > 1, torchrun without
+            a rendezvous id, a Lightning launch with ``NODE_RANK``) and no ``run_dir`` nor job id to agree on.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV) if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 else None
+    job = launcher_job_name()
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
+    elif inherited:
+        run_dir = Path(inherited)
+    elif job:
+        run_dir = Path(cfg.output_root) / cfg.name / job
     else:
+        separate = launched_without_job_id() or (f"trainer.num_nodes={cfg.trainer.num_nodes}"
+                                                 if "trainer" in cfg and int(cfg.trainer.get("num_nodes", 1) or 1) > 1 else None)
+        if separate:
+            raise ConfigError(
+                f"This run spans processes started separately ({separate}) with nothing they share to name one run "
+                "folder: each would write its own timestamped folder. Fix: pass the same run_dir=<folder> on every node "
+                "(on a shared file system), or launch with srun (SLURM) or torchrun --rdzv-id=<id>, whose job id names "
+                "the folder.")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir = Path(cfg.output_root) / cfg.name / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+@contextlib.contextmanager
+def share_run_dir(run_dir: Path):
+    """For the run's first process on a node: while active, processes it starts (Lightning's launcher re-runs the
+    same command line for local ranks > 0) find ``run_dir`` in :data:`RUN_DIR_ENV`; restored on exit."""
+    before = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(Path(run_dir).resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = before
 
 
 def environment_info() -> dict:
