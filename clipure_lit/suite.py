@@ -5,7 +5,8 @@ Each dataset is a normal run in ``<suite run folder>/<data choice>/``, composed 
 arguments plus ``data=<choice>`` and that dataset's templates, so every run of the suite (and every suite run with
 another ``clip=`` or ``purifier=``) evaluates the same sample ids. With ``resume=true`` and the same ``run_dir``,
 finished datasets are skipped and unfinished ones resume at sample granularity. A dataset whose files are missing
-is reported as skipped (with the path and the download hint), not as a crash.
+is reported as skipped (with the path and the download hint), not as a crash; a suite whose datasets were all
+skipped is an error (``suite.allow_skipped=true`` accepts it).
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     summary = {"suite": cfg.suite.name, "compare": str(cfg.suite.compare.value), "run_dir": str(out), "rows": rows,
                "average": average(rows)}
     write_json(out / "suite.json", summary)
+    if all(r["status"] == "skipped" for r in rows) and not cfg.suite.allow_skipped:
+        reasons = " ".join(f"{r['dataset']}: {r['reason']}" for r in rows)
+        raise DataNotFoundError(f"Suite '{cfg.suite.name}' evaluated nothing: all {len(rows)} dataset(s) were skipped. "
+                                f"{reasons} Fix: provide the data (data.root=...), choose datasets that exist with "
+                                f"suite.only=[...], or pass suite.allow_skipped=true to accept an empty suite.")
     # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
     column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
     write_tables(out, {column: rows})
