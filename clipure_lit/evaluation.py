@@ -7,6 +7,7 @@ first), ``environment.json`` (package versions, git commit, sample-id hash, weig
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import warnings
@@ -165,7 +166,10 @@ def run_eval(cfg: DictConfig) -> dict:
         log.info("%d processes: the distributed sampler pads the last batches with repeated samples; results are "
                  "gathered and de-duplicated by sample id, so every sample counts once.", processes)
     try:
-        with timer.phase("test_loop"), share_run_dir(run_dir):
+        # Processes Lightning starts re-run this command line: without run_dir in it, they learn this run's folder
+        # from the environment (a suite shares its own folder instead; each of its runs has a run_dir).
+        shared = share_run_dir(run_dir) if not cfg.run_dir else contextlib.nullcontext()
+        with timer.phase("test_loop"), shared:
             trainer.test(module, datamodule=datamodule, verbose=False)
     except SIGTERMException:
         log.warning("Stopped by SIGTERM after the batch in flight; the finished batches are in %s. Continue with the "
