@@ -240,6 +240,10 @@ def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[
     run_dir = out / run_id(index)
     args = run_args(spec, params, extra, run_dir, opts.wandb, resume=False)
     cfg = load_config(args)  # the same composition and checks as eval.py: raises its ConfigError, word for word
+    if cfg.suite.name:
+        raise ConfigError(f"{run_id(index)} would run suite '{cfg.suite.name}' (several evaluations in one run folder), "
+                          "but a sweep run is one evaluation: its results.json is what the sweep resumes, reports and "
+                          "optimises. Fix: add suite=none (an experiment such as experiment=demo selects a suite).")
     _check_devices(cfg, opts, run_id(index))
     entry = previous.get(run_id(index), {})
     if entry.get("status") == "submitted" and entry.get("job_id") and not (run_dir / "results.json").is_file():

@@ -146,6 +146,7 @@ def test_bad_extra_arguments_stop_the_sweep_before_any_run_with_eval_py_message(
     step = PROJECT_ROOT / "sweeps" / "cos_step_size_x_steps.yaml"
     assert "has moved" in _exit_2_message(capsys, [str(step), "--out", str(out / "s"), "purifier.step_size=30"])
     assert "--count" in _exit_2_message(capsys, [str(tiny_sweep), "--out", str(out), "--count", "2"])
+    assert "suite=none" in _exit_2_message(capsys, [str(tiny_sweep), "--out", str(out), "suite=demo"])
     assert not (out / "run-0000").exists() and not (out / "state.json").exists()  # nothing was launched
 
 
