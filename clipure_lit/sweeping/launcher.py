@@ -374,9 +374,9 @@ def _launch_local(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, 
     import submitit  # heavy-ish: only when something is launched
 
     slots = _gpu_slots(opts)
-    executor = submitit.AutoExecutor(folder=out / ".submitit", cluster="local")
+    executor = submitit.LocalExecutor(folder=out / ".submitit")  # (AutoExecutor takes whole minutes only)
     # The job controllers ignore Ctrl-C: the launcher stops runs itself, by process group, without tracebacks.
-    executor.update_parameters(timeout_min=opts.timeout_min or _NO_TIMEOUT_MIN, local_setup=["trap '' INT"])
+    executor.update_parameters(timeout_min=opts.timeout_min or _NO_TIMEOUT_MIN, setup=["trap '' INT"])
     pending = list(runs)
     active: dict[int, tuple[_Run, object, float]] = {}
     stopping_since = killed = None
@@ -434,7 +434,25 @@ def _launch_local(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, 
         except BaseException:
             signal_active(signal.SIGKILL)  # an unexpected error in the launcher: leave nothing running
             raise
+        finally:
+            _reap_leftovers(runs, out, opts.grace_s)
     return stop.first
+
+
+def _reap_leftovers(runs: list[_Run], out: Path, grace_s: float) -> None:
+    """A run's command can outlive its job (the job was killed at its time limit: the command got SIGTERM from
+    the kernel and is finishing its batch). Wait for such commands up to ``grace_s``, then SIGKILL them."""
+    left = [(r, pgid) for r in runs if (pgid := read_pid(_pid_path(out, r))) and _runs_in(pgid, r.run_dir)]
+    deadline = time.monotonic() + grace_s
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [(r, pgid) for r, pgid in left if _runs_in(pgid, r.run_dir)]
+    for run, pgid in left:
+        log.warning("%s: its command (process group %d) outlived its job; killing it", run.name, pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _record(run: _Run, job, started: float, stopping: bool, opts: SweepOptions, state: dict, runs: list[_Run]) -> None:

@@ -201,6 +201,30 @@ def test_slurm_launcher_submits_one_job_array_with_the_requested_resources(tmp_p
     assert info.value.code == 2 and "trainer.devices=2" in capsys.readouterr().err
 
 
+def test_a_preempted_slurm_run_stops_its_command_and_is_resubmitted_with_resume(tmp_path):
+    """What submitit calls on preemption or at the time limit (``checkpoint``), on a stand-in command."""
+    import sys
+    import threading
+
+    from clipure_lit.sweeping.job import RequeueableRunCommand, group_alive, read_pid
+
+    command = RequeueableRunCommand([sys.executable, "-c", "import time; time.sleep(120)", "run_dir=x"], cwd=str(tmp_path),
+                                    log_path=str(tmp_path / "stdout.log"), pid_path=str(tmp_path / "pid"), grace_s=5)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(command()))
+    worker.start()
+    for _ in range(200):
+        if read_pid(tmp_path / "pid"):
+            break
+        threading.Event().wait(0.05)
+    pgid = read_pid(tmp_path / "pid")
+    again = command.checkpoint()
+    worker.join(timeout=30)
+    assert codes == [-15] and not group_alive(pgid)  # stopped by SIGTERM, nothing left in its process group
+    assert again.function.argv[-2:] == ["run_dir=x", "resume=true"] and hasattr(again.function, "checkpoint")
+    assert (tmp_path / "stdout.log").read_text().startswith("==== ")
+
+
 def test_mcnemar_exact_values():
     from clipure_lit.utils.mcnemar import mcnemar_exact
 
