@@ -38,8 +38,8 @@ command:
   - experiment=tiny
   - ${args_no_hyphens}
 """
-# 12 batches of an attack: long enough to be stopped in the middle, short enough for the default suite.
-RUN_ARGS = ["data.num_samples=24", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=3", "attack.eps=1",
+# 24 batches of an attack (a few seconds): long enough to be stopped in the middle, even on an idle machine.
+RUN_ARGS = ["data.num_samples=48", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1",
             "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
 
 
@@ -125,8 +125,8 @@ def test_local_sweep_kill_sigterm_resume_report_and_staleness(tmp_path, capsys):
     assert {k: v["status"] for k, v in state.items()} == {"run-0000": "finished", "run-0001": "finished"}
     ids = [i for line in progress.read_text().splitlines() if line.startswith("{") and line.endswith("}")
            for i in json.loads(line)["columns"]["label"]["ids"]]
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 24  # every batch evaluated once over three launches
-    assert json.loads((out / "run-0000" / "results.json").read_text())["num_samples"] == 24
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 48  # every batch evaluated once over three launches
+    assert json.loads((out / "run-0000" / "results.json").read_text())["num_samples"] == 48
     printed = capsys.readouterr().out
     sync = next(line for line in printed.splitlines() if "wandb sync " in line).split("wandb sync ", 1)[1]
     assert len(glob.glob(sync)) == 2  # the printed command matches the offline runs that exist
@@ -136,7 +136,7 @@ def test_local_sweep_kill_sigterm_resume_report_and_staleness(tmp_path, capsys):
     assert sweep_script.main(common) == state
     assert (out / "run-0000" / "results.json").stat().st_mtime_ns == stamp
     capsys.readouterr()
-    sweep_script.main([*common, "data.num_samples=20", "--dry-run"])
+    sweep_script.main([*common, "data.num_samples=40", "--dry-run"])
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["[rerun]", "[rerun]"]
 
     summary = report_script.main([str(out)])
