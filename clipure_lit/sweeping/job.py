@@ -5,7 +5,8 @@ at module level.
 
 The command runs in a session (process group) of its own. Whoever stops it signals that whole group, so processes
 it starts itself (Lightning's DDP ranks) stop with it. On Linux the child also asks the kernel for SIGTERM when its
-parent, the job process, dies (``PR_SET_PDEATHSIG``), so killing the job never leaves the command computing. The
+parent, the job process, dies (``PR_SET_PDEATHSIG``), so a killed job stops its command too (eval.py finishes the
+batch in flight, then exits). The
 command's group id is written to ``pid_path`` for the launcher, which stops groups directly when a sweep is stopped.
 """
 
