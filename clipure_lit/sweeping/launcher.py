@@ -35,6 +35,7 @@ from pathlib import Path
 
 from clipure_lit.config.loader import GROUPS, load_config, to_plain
 from clipure_lit.errors import ConfigError
+from clipure_lit.loggers import wandb_credentials_present
 from clipure_lit.results import write_json
 from clipure_lit.sweeping.job import RequeueableRunCommand, RunCommand, group_alive, read_pid
 from clipure_lit.sweeping.plan import SweepSpec, check_count, check_extra_args, expand, program_args, select_runs
@@ -524,6 +525,10 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
         raise ConfigError(f"Program '{spec.program}' of sweep '{spec.name}' is not in the current folder {Path.cwd()}. "
                           "Fix: run sweep.py from the project root (where `wandb agent` runs it too).")
     check_count(spec, opts.count)
+    if opts.wandb == "online" and not wandb_credentials_present():
+        raise ConfigError("--wandb online needs W&B credentials, and none are configured (no WANDB_API_KEY, no "
+                          "api.wandb.ai entry in ~/.netrc): every run would fail. Fix: run `wandb login` first, or use "
+                          "--wandb offline (the default) and `wandb sync` the runs later.")
     check_extra_args(spec, list(extra), groups=GROUPS)
     if opts.launcher == "local":
         _gpu_slots(opts)  # option errors before any work

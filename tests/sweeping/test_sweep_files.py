@@ -133,7 +133,7 @@ def _exit_2_message(capsys, argv) -> str:
     return err
 
 
-def test_bad_extra_arguments_stop_the_sweep_before_any_run_with_eval_py_message(tmp_path, tiny_sweep, capsys):
+def test_bad_extra_arguments_stop_the_sweep_before_any_run_with_eval_py_message(tmp_path, tiny_sweep, capsys, monkeypatch):
     import eval as eval_script
 
     out = tmp_path / "out"
@@ -147,6 +147,9 @@ def test_bad_extra_arguments_stop_the_sweep_before_any_run_with_eval_py_message(
     assert "has moved" in _exit_2_message(capsys, [str(step), "--out", str(out / "s"), "purifier.step_size=30"])
     assert "--count" in _exit_2_message(capsys, [str(tiny_sweep), "--out", str(out), "--count", "2"])
     assert "suite=none" in _exit_2_message(capsys, [str(tiny_sweep), "--out", str(out), "suite=demo"])
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert "wandb login" in _exit_2_message(capsys, [str(tiny_sweep), "--out", str(out), "--wandb", "online"])
     assert not (out / "run-0000").exists() and not (out / "state.json").exists()  # nothing was launched
 
 
