@@ -11,9 +11,11 @@ from typing import Sequence
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation (or every dataset of a
-    ``suite=``), print the summary table and return the metrics that are also written to the run folder."""
+    ``suite=``), print the summary table (only in the first process of a multi-process run) and return the metrics
+    that are also written to the run folder."""
     from clipure_lit.cli import run_cli
     from clipure_lit.reporting import format_eval
+    from clipure_lit.utils.distributed import launcher_rank_is_zero
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -24,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return suite.run_suite(cfg, argv) if cfg.suite.name else evaluation.run_eval(cfg)
 
     return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job,
-                   format_eval)
+                   format_eval if launcher_rank_is_zero() else None)
 
 
 if __name__ == "__main__":

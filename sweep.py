@@ -1,49 +1,117 @@
-"""Run a W&B sweep file locally, offline: the same file works unchanged with `wandb sweep` + `wandb agent`.
+"""Run a W&B sweep file with submitit: on this machine (--launcher local) or as a SLURM job array (--launcher slurm).
+The same file works unchanged with `wandb sweep` + `wandb agent` (runs launched by an agent report to W&B).
 
-    python sweep.py sweeps/cos_step_size_x_steps.yaml --out runs/sweeps/cos --parallel 2 experiment=tiny
-    python sweep.py sweeps/cos_step_size_x_steps.yaml --out runs/sweeps/cos      # again: resumes
-    python report.py runs/sweeps/cos                                             # table + plots
+    python sweep.py sweeps/cos_step_size_x_steps.yaml experiment=demo                  # runs/sweeps/<name>/run-0000, ...
+    python sweep.py sweeps/cos_step_size_x_steps.yaml --gpus 0,1,2,3 trainer=gpu      # 4 runs at a time, one per GPU
+    python sweep.py sweeps/cos_random_search.yaml --count 20                           # a random search needs --count
+    python sweep.py sweeps/cos_step_size_x_steps.yaml --where purifier.clipure_cos.num_steps=10   # a part of a grid
+    python sweep.py sweeps/epsilon.yaml --launcher slurm --partition gpu --gpus-per-run 1 --time 240 trainer=gpu
+    python sweep.py sweeps/cos_step_size_x_steps.yaml experiment=demo                  # again: resumes, skips finished runs
+    python report.py runs/sweeps/cos_step_size_x_steps                                 # table + plots
 
-Arguments after the options (key=value, group=choice) are added to every run of the sweep.
+Arguments after the sweep file (key=value, group=choice) are added to every run; one that sets a swept key is
+refused. Every run's command is checked as eval.py would check it before anything starts. Ctrl-C (or SIGTERM)
+stops the local runs after their current batch (a second Ctrl-C kills them) and prints how to resume.
+
+Exit status: 0 when every selected run finished (or was submitted); 1 when a run failed; 2 for bad input; 130 / 143
+when stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 
 
+def _slurm_args(items: list[str]) -> dict:
+    from clipure_lit.errors import ConfigError
+
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm-arg '{item}' needs the form key=value (e.g. --slurm-arg account=myproject).")
+        extra[key.lstrip("-")] = value
+    return extra
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Run the sweep; returns ``state.json``'s content. Exits (``SystemExit``) with status 1 when a run failed, 2
+    for bad input, 128 + the signal number when stopped by a signal."""
     from clipure_lit.errors import ClipureError
-    from clipure_lit.sweeping.launcher import format_sweep, run_sweep
+    from clipure_lit.sweeping.launcher import SlurmOptions, SweepOptions, format_sweep, run_sweep
     from clipure_lit.sweeping.plan import load_sweep
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", help="a W&B sweep YAML (method grid or random)")
     parser.add_argument("overrides", nargs="*", help="extra key=value / group=choice arguments for every run")
     parser.add_argument("--out", help="sweep folder (default: runs/sweeps/<sweep name>); reuse it to resume")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at the same time (default 1)")
-    parser.add_argument("--gpus", default="", help="comma-separated GPU ids; runs are spread over them round robin")
-    parser.add_argument("--count", type=int, help="number of runs of a random sweep (default: the file's run_cap)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-search draws (default 0)")
-    parser.add_argument("--timeout", type=float, help="seconds after which a run is stopped and marked failed")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: submitit processes on this machine (default); slurm: one SLURM job array")
+    parser.add_argument("--parallel", type=int,
+                        help="runs at the same time (local; default: one per GPU group of --gpus, else 1) or array "
+                             "tasks at the same time (slurm; default: all)")
+    parser.add_argument("--gpus", default="", help="local: comma-separated GPU ids shared out among concurrent runs")
+    parser.add_argument("--gpus-per-run", type=int, default=1,
+                        help="GPUs of each run (local: taken from --gpus; slurm: requested per array task, one SLURM task "
+                             "per GPU; pass trainer.devices=N trainer.strategy=ddp for N > 1)")
+    parser.add_argument("--runs", help="only these planned runs, by index: 0-3,7 (any method; --dry-run lists them)")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="only planned runs with this swept value (repeatable; KEY=[a,b] for several values)")
+    parser.add_argument("--count", type=int, help="random-search option: number of configurations to draw (required "
+                                                  "for method random; a grid is always planned whole, see --runs/--where)")
+    parser.add_argument("--seed", type=int, default=0, help="random-search option: seed of the draws (default 0)")
+    parser.add_argument("--wandb", choices=("offline", "online", "off"), default="offline",
+                        help="W&B logging of each run: offline (default; `wandb sync` later), online, or off (the runs' "
+                             "own logger setting)")
+    parser.add_argument("--timeout", type=float, metavar="S", help="local: seconds after which a run is stopped and marked failed")
+    parser.add_argument("--grace", type=float, default=30.0, metavar="S",
+                        help="seconds a stopped run may take to finish its batch before it is killed (default 30)")
+    parser.add_argument("--dry-run", action="store_true", help="print what each selected run would do, and its command, and exit")
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit of each run in minutes (default 60); "
+                       "a run that reaches it (or is preempted) is requeued and resumes")
+    slurm.add_argument("--cpus-per-run", type=int, help="CPU cores of each run")
+    slurm.add_argument("--mem-gb", type=float, help="memory of each run in GB")
+    slurm.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-arg account=myproject --slurm-arg qos=high")
+    slurm.add_argument("--resubmit", action="store_true",
+                       help="resubmit runs whose earlier SLURM job state cannot be read (sacct unavailable)")
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         spec = load_sweep(args.sweep_file)
         out = args.out or f"runs/sweeps/{spec.name}"
-        state = run_sweep(spec, out, args.overrides, parallel=args.parallel, gpus=[g for g in args.gpus.split(",") if g],
-                          count=args.count, seed=args.seed, dry_run=args.dry_run, timeout_s=args.timeout)
+        opts = SweepOptions(launcher=args.launcher, parallel=args.parallel, gpus=[g for g in args.gpus.split(",") if g],
+                            gpus_per_run=args.gpus_per_run, count=args.count, seed=args.seed, runs=args.runs,
+                            where=args.where, timeout_min=args.timeout / 60 if args.timeout else None,
+                            grace_s=args.grace, wandb=args.wandb,
+                            dry_run=args.dry_run, resubmit=args.resubmit,
+                            slurm=SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_run=args.cpus_per_run,
+                                               mem_gb=args.mem_gb, extra=_slurm_args(args.slurm_arg)))
+        result = run_sweep(spec, out, args.overrides, opts)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    text = format_sweep(state, out, args.dry_run)
-    if text:  # a dry run with nothing left to run prints nothing
+    resume = shlex.join(["python", "sweep.py", *[a for a in argv if a not in ("--dry-run", "--resubmit")]])
+    text = format_sweep(result, resume)
+    if text:
         print(text)
-    return state
+    if result.stopped_by is not None:
+        raise SystemExit(128 + int(result.stopped_by))
+    if result.failed:
+        raise SystemExit(1)
+    return result.state
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before the launcher took over signals (while planning): no traceback
+        print("interrupted before any run was launched", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None

@@ -7,7 +7,10 @@ first), ``environment.json`` (package versions, git commit, sample-id hash, weig
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from clipure_lit.callbacks.build import eval_callbacks
 from clipure_lit.callbacks.results_writer import ResultsWriter
@@ -22,6 +27,7 @@ from clipure_lit.clip.backbone import load_backbone
 from clipure_lit.clip.prompts import get_classnames, get_templates
 from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
 from clipure_lit.config.loader import to_plain
+from clipure_lit.config.validate import check_accelerator_present
 from clipure_lit.data.datamodule import ZeroShotDataModule
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import build_logger
@@ -30,9 +36,9 @@ from clipure_lit.models.lit_module import ZeroShotLitModule
 from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import read_json, write_json
-from clipure_lit.config.validate import check_accelerator_present
-from clipure_lit.run_folder import (checkpoint_hashes, close_logger, exclusive_run_folder, make_run_dir, write_config,
-                                    write_environment)
+from clipure_lit.run_folder import (checkpoint_hashes, close_logger, environment_info, exclusive_run_folder, make_run_dir,
+                                    share_run_dir, write_config, write_environment)
+from clipure_lit.utils.distributed import launcher_rank_is_zero
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -98,48 +104,95 @@ def build_classifier(cfg: DictConfig, classnames: list[str], device: torch.devic
     return build_defended(cfg, load_clip(cfg, classnames, device, timer), timer)
 
 
+# Lightning's warning that the test sampler repeats samples across processes does not apply: results are gathered
+# and de-duplicated by sample id (run_eval says so in one line instead).
+_SAMPLER_WARNING = r"Using `DistributedSampler` with the dataloaders"
+
+
+class SilenceSamplerWarning(pl.Callback):
+    """Filters Lightning's sampler warning in every process of the run, also ``ddp_spawn`` ones (which do not
+    inherit the launching process's warning filters); ``setup`` runs before the test dataloader is built."""
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        warnings.filterwarnings("ignore", message=_SAMPLER_WARNING)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
     t = cfg.trainer
     kwargs = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                  inference_mode=t.inference_mode, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
-                  enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, deterministic=False)
+                  inference_mode=t.inference_mode, logger=logger, callbacks=[SilenceSamplerWarning(), *callbacks],
+                  default_root_dir=str(run_dir), enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+                  deterministic=False)
     if t.limit_test_batches is not None:
         kwargs["limit_test_batches"] = t.limit_test_batches
+    if SLURMEnvironment.detect():
+        # Lightning's SLURM auto-requeue saves a model checkpoint on SIGUSR1; an evaluation resumes from its
+        # per-batch progress instead (resume=true), so the requeue is left to the job script or submitit.
+        kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     return pl.Trainer(**kwargs)
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``."""
+    """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``.
+
+    Under several processes (DDP, nodes) every process uses the same run folder (:func:`make_run_dir`), only rank
+    0 writes ``config.yaml``, ``environment.json``, ``results.json``, ``samples.csv`` and ``timings.json``, and every
+    rank returns the same metrics. SIGTERM during the test loop stops after the current batch (its progress is on
+    disk) and exits with status 143; ``resume=true`` continues.
+    """
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     check_accelerator_present(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    with exclusive_run_folder(run_dir):
-        timer = PhaseTimer()
-        # Attacks and resumption are checked before anything is written to the run folder.
-        callbacks = eval_callbacks(cfg, run_dir)
-        write_config(run_dir, cfg)
-        with timer.phase("setup_data"):
-            datamodule = ZeroShotDataModule(cfg.data)
-            datamodule.setup("test")  # fails now, with the path, if the data is missing
-        env = write_environment(run_dir, sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
-                                skipped_images=[str(p) for p in datamodule.skipped_files],  # data.on_bad_image=skip
-                                checkpoints=checkpoint_hashes(cfg))
+    with exclusive_run_folder(run_dir):  # one run per folder (rank 0 holds it)
+        return _evaluate(cfg, run_dir)
 
-        classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
-        module = ZeroShotLitModule(classifier)
-        writer = ResultsWriter(run_dir, extra={"environment": env,
-                                                                      "purifiers": [p.describe() for p in classifier.purifiers]})
-        logger = build_logger(cfg, run_dir, to_plain(cfg))
-        trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
-        try:
-            with timer.phase("test_loop"):
-                trainer.test(module, datamodule=datamodule, verbose=False)
-        finally:
-            if trainer.is_global_zero:  # also after a failure: where the time went up to that point
-                write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
-                                                      "note": "wall clock in the launching process; per-sample times of the "
-                                                              "test loop's parts are in results.json (time_per_sample_s)"})
-            close_logger(logger)
-        return read_json(run_dir / "results.json")
+
+def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+    """The body of :func:`run_eval`, in its run folder."""
+    writes = launcher_rank_is_zero()  # before a process group exists: what the launcher says this process is
+
+    timer = PhaseTimer()
+    # Attacks and resumption are checked before anything is written to the run folder.
+    callbacks = eval_callbacks(cfg, run_dir)
+    if writes:
+        write_config(run_dir, cfg)
+    with timer.phase("setup_data"):
+        datamodule = ZeroShotDataModule(cfg.data)
+        datamodule.setup("test")  # fails now, with the path, if the data is missing
+    described = dict(sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
+                     skipped_images=[str(p) for p in datamodule.skipped_files],  # data.on_bad_image=skip
+                     checkpoints=checkpoint_hashes(cfg))
+    env = write_environment(run_dir, **described) if writes else {**environment_info(), **described}
+
+    classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
+    module = ZeroShotLitModule(classifier)
+    writer = ResultsWriter(run_dir, extra={"environment": env,
+                                                                  "purifiers": [p.describe() for p in classifier.purifiers]})
+    logger = build_logger(cfg, run_dir, to_plain(cfg))
+    trainer = build_trainer(cfg, run_dir, logger, callbacks=[*callbacks, writer])
+    processes = trainer.num_devices * trainer.num_nodes
+    if processes > 1 and writes:
+        log.info("%d processes: the distributed sampler pads the last batches with repeated samples; results are "
+                 "gathered and de-duplicated by sample id, so every sample counts once.", processes)
+    try:
+        # Processes Lightning starts re-run this command line: without run_dir in it, they learn this run's folder
+        # from the environment (a suite shares its own folder instead; each of its runs has a run_dir).
+        shared = share_run_dir(run_dir) if not cfg.run_dir else contextlib.nullcontext()
+        with timer.phase("test_loop"), shared:
+            trainer.test(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        log.warning("Stopped by SIGTERM after the batch in flight; the finished batches are in %s. Continue with the "
+                    "same arguments plus resume=true run_dir=%s", run_dir / "progress", run_dir)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if trainer.is_global_zero:  # also after a failure: where the time went up to that point
+            write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
+                                                  "note": "wall clock in the launching process; per-sample times of the "
+                                                          "test loop's parts are in results.json (time_per_sample_s)"})
+        close_logger(logger)
+
+    if not trainer.is_global_zero:  # only rank 0 wrote results.json (its file system may not be shared)
+        return {**module.summary, "run_dir": str(run_dir)}
+    return read_json(run_dir / "results.json")

@@ -1,4 +1,8 @@
-"""Lightning loggers from config: CSV (default), W&B (offline unless credentials exist), or none."""
+"""Lightning loggers from config: CSV (default), W&B (offline unless credentials exist), or none.
+
+A run launched by a W&B agent (``wandb agent``) always logs through W&B, whatever ``logger.name`` says: that is
+the only way the sweep receives its metric.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +60,24 @@ def wandb_offline(cfg: DictConfig) -> bool:
     return offline or os.environ.get("WANDB_MODE") == "offline"
 
 
+def wandb_agent_run() -> dict | None:
+    """``{"sweep_id", "run_id"}`` when a W&B agent launched this process, detected as wandb itself does (the agent
+    exports ``WANDB_SWEEP_ID`` and the run's ``WANDB_RUN_ID``); None otherwise."""
+    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    return {"sweep_id": sweep_id, "run_id": run_id} if sweep_id and run_id else None
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted keys a sweep file names its parameters with."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path, png_path: Path | None, summary: dict) -> None:
     """Log a results table (CSV file), its plot and summary values as one W&B run (for suites and reports)."""
     import wandb  # heavy: wandb (~0.5 s to import); only W&B logging needs it
@@ -77,17 +99,25 @@ def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
+    """The run's Lightning logger (``False`` for none). Under a W&B agent: a W&B logger whose config is the
+    resolved run config with dotted keys, so the sweep's own parameters (``purifier.clipure_cos.step_size``) and
+    the run's keys are the same keys; the metrics the sweep optimises (``test/robust_acc/worst_case``, ...) reach it
+    through the run's summary."""
     name = LoggerName(cfg.logger.name)
-    if name == LoggerName.none:
+    agent = wandb_agent_run()
+    if name == LoggerName.none and agent is None:
         return False
     # heavy: Lightning takes ~4.5 s to import; the config schema imports this module for LoggerCfg (--help, --cfg)
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    if name == LoggerName.csv:
+    if name == LoggerName.csv and agent is None:
         return CSVLogger(save_dir=str(run_dir), name="", version="csv")
+    if agent is not None and name != LoggerName.wandb:
+        log.info("Launched by a W&B agent (sweep %s, run %s): logging through W&B so that the sweep receives its metric "
+                 "(logger.name=%s is not used).", agent["sweep_id"], agent["run_id"], name.value)
     offline = wandb_offline(cfg)
     logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
                          tags=list(cfg.logger.tags), name=f"{cfg.name}-{run_dir.name}", save_dir=str(run_dir),
-                         offline=offline, config=config_dict)
+                         offline=offline, config=flatten_config(config_dict) if agent else config_dict)
     log.info("W&B logging %s into %s", "offline" if offline else "online", run_dir)
     return logger

@@ -1,8 +1,8 @@
 """The run folder's lifecycle, the same for an evaluation (``eval.py``) and a training run (``train.py``).
 
-In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_root>/<cfg.name>/<timestamp>``;
-a folder that cannot be written is a one-paragraph error), holds :func:`exclusive_run_folder` (one process per
-folder) for the rest,
+In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else a folder under ``<cfg.output_root>/<cfg.name>/``
+that every process of a multi-process run agrees on; a folder that cannot be written is a one-paragraph error),
+holds :func:`exclusive_run_folder` (one run per folder) for the rest,
 :func:`write_config` (the fully resolved ``config.yaml``, before any work), :func:`write_environment`
 (``environment.json``: Python, platform, package versions, git commit, plus what the caller adds, e.g.
 :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
@@ -29,22 +29,50 @@ from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.utils.distributed import launched_without_job_id, launcher_job_name, launcher_rank_is_zero
 from clipure_lit.utils.paths import find_path
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # held by the process running in the folder
+# Set by a run's first process for the processes Lightning starts for it on the same node (which re-run the same
+# command line): the run folder that first process chose.
+RUN_DIR_ENV = "CLIPURE_LIT_RUN_DIR"
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
               "omegaconf", "clip-benchmark", "diffusers")
 
 
 def make_run_dir(cfg: DictConfig) -> Path:
-    """Create (if needed) and return the run folder: ``cfg.run_dir`` when set, else a new
-    ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution)."""
+    """Create (if needed) and return the run folder; every process of a multi-process run gets the same one.
+
+    In order: ``cfg.run_dir``; for a process that Lightning started on the node of the run's first process
+    (``LOCAL_RANK`` > 0), the folder that process chose (:data:`RUN_DIR_ENV`, see :func:`share_run_dir`);
+    ``<cfg.output_root>/<cfg.name>/<launcher job>`` for a launch with a job id shared by all its processes
+    (``slurm-<job id>[.<step>]`` under ``srun``, ``torchrun-<rdzv id>``); else a new
+    ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution).
+
+    Raises:
+        ConfigError: a run over several separately launched processes (``trainer.num_nodes`` > 1, torchrun without
+            a rendezvous id, a Lightning launch with ``NODE_RANK``) and no ``run_dir`` nor job id to agree on.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV) if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 else None
+    job = launcher_job_name()
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
+    elif inherited:
+        run_dir = Path(inherited)
+    elif job:
+        run_dir = Path(cfg.output_root) / cfg.name / job
     else:
+        separate = launched_without_job_id() or (f"trainer.num_nodes={cfg.trainer.num_nodes}"
+                                                 if "trainer" in cfg and int(cfg.trainer.get("num_nodes", 1) or 1) > 1 else None)
+        if separate:
+            raise ConfigError(
+                f"This run spans processes started separately ({separate}) with nothing they share to name one run "
+                "folder: each would write its own timestamped folder. Fix: pass the same run_dir=<folder> on every node "
+                "(on a shared file system), or launch with srun (SLURM) or torchrun --rdzv-id=<id>, whose job id names "
+                "the folder.")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir = Path(cfg.output_root) / cfg.name / stamp
     key = "run_dir" if cfg.run_dir else "output_root"
@@ -59,21 +87,12 @@ def make_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _launched_rank() -> int:
-    """This process's rank as launchers announce it (torchrun, Lightning's DDP launcher, SLURM); 0 when none does."""
-    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        value = os.environ.get(var, "0")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return 0
-
-
 @contextlib.contextmanager
 def exclusive_run_folder(run_dir: Path) -> Iterator[None]:
     """Hold ``<run_dir>/.lock`` for the block, so a second process on the same folder fails at once instead of
     mixing its per-sample records and results with this run's. Only the process that launches a run (rank 0) takes
     it; the operating system releases it when the process ends, crashed or not."""
-    if _launched_rank() != 0:
+    if not launcher_rank_is_zero():
         yield
         return
     lock = FileLock(str(Path(run_dir) / LOCK_NAME), timeout=0)
@@ -89,6 +108,21 @@ def exclusive_run_folder(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def share_run_dir(run_dir: Path):
+    """For the run's first process on a node: while active, processes it starts (Lightning's launcher re-runs the
+    same command line for local ranks > 0) find ``run_dir`` in :data:`RUN_DIR_ENV`; restored on exit."""
+    before = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(Path(run_dir).resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = before
 
 
 def environment_info() -> dict:

@@ -95,6 +95,8 @@ class SuiteCfg:
     # ``datasets``: one row per dataset with the cross-dataset average; ``defences``: entries are defences on the
     # same samples, printed attack by attack with a sentence on what each row means.
     compare: SuiteCompare = SuiteCompare.datasets
+    # A suite whose datasets were all skipped (missing offline) is an error (exit status 2) unless this is true.
+    allow_skipped: bool = False
 
 
 @dataclass

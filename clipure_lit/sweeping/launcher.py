@@ -1,40 +1,121 @@
-"""Execute a sweep plan: one subprocess per configuration, several at a time, resumable.
+"""Execute a sweep plan with submitit: local processes on one machine, or a SLURM job array on a cluster.
 
 Layout of the sweep folder:
     plan.json            the planned configurations (made once; a resumed sweep reuses it)
-    state.json           status, return code and duration of every run (updated as runs finish)
-    <run id>/            an ordinary eval.py run folder (results.json, samples.csv, config.yaml, logs)
-    <run id>/stdout.log  the run's output
+    state.json           per run: status, return code, duration, log file, launches, SLURM job id
+    <run id>/            an ordinary eval.py run folder (results.json, samples.csv, config.yaml, progress/, wandb/)
+    <run id>/stdout.log  the run's output; every launch appends (with a header line) instead of overwriting
+    .submitit/           submitit's job files (pickled commands, its own logs) and the runs' process-group ids
 
-A run whose ``results.json`` exists is finished and is skipped on resume. Runs get ``logger.group=<sweep name>``,
-so offline W&B runs sync as one group later (``wandb sync <sweep folder>/*/wandb/offline-run-*``).
+Before anything is launched, every selected run's command is composed and validated exactly as eval.py would
+(a bad extra argument is one error, not a failure per run), and each existing run folder is compared with the
+run's resolved config: a finished run is skipped, an interrupted one continues (``resume=true``: finished batches
+are kept), and one whose resolved config changed (other extra arguments, another config file) is moved to
+``<sweep folder>.superseded/`` and run again.
+
+Stopping (local launcher): the first SIGINT/SIGTERM/SIGHUP sends SIGTERM to every running run's process group
+(a run stops after its current batch; its progress is on disk), starts nothing new, and SIGKILLs what is left
+after ``grace_s`` or at a second signal; states are recorded and the command that resumes is printed.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import os
-import subprocess
+import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipure_lit.config.loader import GROUPS, load_config, to_plain
 from clipure_lit.errors import ConfigError
+from clipure_lit.loggers import wandb_credentials_present
 from clipure_lit.results import write_json
-from clipure_lit.sweeping.plan import SweepSpec, command_args, expand
+from clipure_lit.sweeping.job import RequeueableRunCommand, RunCommand, group_alive, read_pid
+from clipure_lit.sweeping.plan import SweepSpec, check_count, check_extra_args, expand, program_args, select_runs
 
 log = logging.getLogger(__name__)
+
+# SLURM job states of a run that is still queued or computing (anything else is over, or unknown).
+_SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
+                 "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+_NO_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs always have a time limit; "none" is a year
+
+
+@dataclass
+class SlurmOptions:
+    """What the SLURM job array asks for, per run (one array task per run)."""
+
+    partition: str | None = None
+    time_min: int = 60
+    cpus_per_run: int | None = None
+    mem_gb: float | None = None
+    # Any other sbatch option, e.g. {"account": "proj", "qos": "high"} (``--slurm-arg account=proj``).
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SweepOptions:
+    """How ``sweep.py`` runs a plan. ``parallel``: runs at the same time (local) or array tasks at the same time
+    (SLURM); ``gpus`` (local): GPU ids shared out in groups of ``gpus_per_run``, one group per concurrent run;
+    ``wandb``: ``offline`` (default: each run writes an offline W&B run, synced later), ``online``, or ``off`` (the
+    runs' own logger setting)."""
+
+    launcher: str = "local"
+    parallel: int | None = None
+    gpus: list[str] = field(default_factory=list)
+    gpus_per_run: int = 1
+    count: int | None = None
+    seed: int = 0
+    runs: str | None = None
+    where: list[str] = field(default_factory=list)
+    timeout_min: float | None = None
+    grace_s: float = 30.0
+    wandb: str = "offline"
+    dry_run: bool = False
+    resubmit: bool = False
+    python: str = field(default_factory=lambda: sys.executable)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+
+@dataclass
+class SweepResult:
+    """What a call to :func:`run_sweep` did. ``state``: ``state.json``'s content (every run seen so far);
+    ``actions``: this call's decision per selected run (``run``, ``resume``, ``rerun`` (stale), ``skip``
+    (finished), ``queued`` (its SLURM job is pending or running), ``busy`` (still running locally));
+    ``stopped_by``: the signal that stopped the sweep, if any; ``job_id``: the SLURM job."""
+
+    out: Path
+    state: dict
+    actions: dict
+    commands: dict
+    stopped_by: int | None = None
+    job_id: str | None = None
+    launcher: str = "local"
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [r for r in self.actions if self.state.get(r, {}).get("status") == "failed"]
+
+    @property
+    def interrupted(self) -> list[str]:
+        return [r for r in self.actions if self.state.get(r, {}).get("status") == "interrupted"]
 
 
 def run_id(index: int) -> str:
     return f"run-{index:04d}"
 
 
-def make_plan(spec: SweepSpec, out: Path, count: int | None, seed: int) -> list[dict]:
-    """Load the saved plan of a resumed sweep, or expand and save a new one. A saved plan made from a different
-    sweep definition is refused."""
+def make_plan(spec: SweepSpec, out: Path, count: int | None, seed: int, save: bool = True) -> list[dict]:
+    """Load the saved plan of a resumed sweep, or expand a new one (and save it unless ``save`` is false). A saved
+    plan made from a different sweep definition is refused."""
     path = out / "plan.json"
     definition = {"sweep": spec.raw, "count": count, "seed": seed}
     if path.is_file():
@@ -44,60 +125,485 @@ def make_plan(spec: SweepSpec, out: Path, count: int | None, seed: int) -> list[
                               "Fix: use a new --out folder, or the same sweep file and options to resume.")
         return saved["runs"]
     runs = expand(spec, count=count, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"definition": definition, "runs": runs})
+    if save:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"definition": definition, "runs": runs})
     return runs
 
 
-def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str], parallel: int = 1, gpus: list[str] | None = None,
-              count: int | None = None, seed: int = 0, python: str | None = None, dry_run: bool = False,
-              timeout_s: float | None = None) -> dict:
-    """Run every planned configuration not finished yet; returns the state dict (also in ``state.json``)."""
-    out = Path(out)
-    plan = make_plan(spec, out, count, seed)
+# ----------------------------------------------------------------------------------------------------------------
+# What each run needs: its arguments, its resolved config, and what its folder already holds.
+
+def _logger_args(mode: str) -> list[str]:
+    if mode == "off":
+        return []
+    if mode not in ("offline", "online"):
+        raise ConfigError(f"--wandb {mode}: expected offline, online or off.")
+    return ["logger=wandb", f"logger.mode={mode}"]
+
+
+def run_args(spec: SweepSpec, params: dict, extra: list[str], run_dir: Path, wandb: str, resume: bool) -> list[str]:
+    """The arguments of one run, in the order they take effect: the sweep's command with the run's values, the
+    launcher's defaults (W&B logging, run name and W&B group = sweep name), the user's extra arguments (which may
+    change those defaults), then what the launcher owns (``run_dir``, ``resume``)."""
+    args = program_args(spec, params) + _logger_args(wandb) + [f"name={spec.name}", f"logger.group={spec.name}"]
+    return args + list(extra) + [f"run_dir={run_dir}"] + (["resume=true"] if resume else [])
+
+
+def _has_progress(run_dir: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in (run_dir / "progress").glob("rank*.jsonl"))
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """The resolved config the run folder was made with (``progress/config.json``, what eval.py's resume checks;
+    ``config.yaml`` for folders without it)."""
+    saved = run_dir / "progress" / "config.json"
+    if saved.is_file():
+        try:
+            return json.loads(saved.read_text())["config"]
+        except (ValueError, KeyError):
+            return None
+    if (run_dir / "config.yaml").is_file():
+        import yaml  # only for run folders made before progress/config.json existed
+
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return None
+
+
+def config_changes(run_dir: Path, resolved: dict) -> list[str] | None:
+    """``["key: old -> new", ...]`` between the run folder's saved config and ``resolved`` over the keys that change
+    per-sample results (eval.py's resume rules), or None when the folder has no readable config."""
+    saved = _saved_config(run_dir)
+    if saved is None:
+        return None
+    # heavy: the resume callback module imports Lightning (~5 s); only needed when an earlier run folder exists
+    from clipure_lit.callbacks.resume import config_differences
+
+    return config_differences(saved, json.loads(json.dumps(resolved, default=str)))
+
+
+def _device_count(devices) -> int:
+    """Lightning's ``devices``: a count, ``-1``/``"auto"`` (all it sees: -1 here), ``"0,1"`` or ``[0, 1]`` (ids)."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()])
+        return int(text) if text.isdigit() else -1
+    if isinstance(devices, int):
+        return devices
+    return len(list(devices))
+
+
+def _check_devices(cfg, opts: SweepOptions, name: str) -> None:
+    """A run's ``trainer.devices`` must use the GPUs it gets: on SLURM each GPU is one task, and Lightning refuses a
+    ``devices`` that differs from the tasks per node; locally a smaller count leaves GPUs idle (a warning)."""
+    devices = cfg.trainer.devices
+    if _device_count(devices) in (-1, opts.gpus_per_run):
+        return
+    message = (f"{name} runs with trainer.devices={devices}, but each run gets --gpus-per-run {opts.gpus_per_run} GPU(s). "
+               f"Fix: pass trainer.devices={opts.gpus_per_run}" + (" trainer.strategy=ddp" if opts.gpus_per_run > 1 else "")
+               + " (or trainer.devices=-1: all GPUs the run gets), or change --gpus-per-run.")
+    if opts.launcher == "slurm":
+        raise ConfigError(message)
+    if opts.gpus and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        log.warning(message)
+
+
+def _slurm_state(folder: Path, job_id: str) -> str:
+    try:
+        import submitit  # heavy-ish: only when an earlier SLURM submission is recorded
+
+        return submitit.SlurmJob(folder=folder, job_id=job_id).get_info(mode="force").get("State") or "UNKNOWN"
+    except Exception as exc:  # sacct missing or failing: the state is unknown, not an error of the sweep
+        log.debug("cannot read the state of SLURM job %s: %s", job_id, exc)
+        return "UNKNOWN"
+
+
+@dataclass
+class _Run:
+    """One selected run: what this call does with it (``action``), the program and its arguments."""
+
+    index: int
+    params: dict
+    run_dir: Path
+    action: str
+    program: str
+    args: list[str]
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return run_id(self.index)
+
+
+def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[str], opts: SweepOptions,
+              previous: dict) -> _Run:
+    run_dir = out / run_id(index)
+    args = run_args(spec, params, extra, run_dir, opts.wandb, resume=False)
+    cfg = load_config(args)  # the same composition and checks as eval.py: raises its ConfigError, word for word
+    if cfg.suite.name:
+        raise ConfigError(f"{run_id(index)} would run suite '{cfg.suite.name}' (several evaluations in one run folder), "
+                          "but a sweep run is one evaluation: its results.json is what the sweep resumes, reports and "
+                          "optimises. Fix: add suite=none (an experiment such as experiment=demo selects a suite).")
+    _check_devices(cfg, opts, run_id(index))
+    entry = previous.get(run_id(index), {})
+    if entry.get("status") == "submitted" and entry.get("job_id") and not (run_dir / "results.json").is_file():
+        state = _slurm_state(out / ".submitit", entry["job_id"])
+        if state.split()[0] in _SLURM_ACTIVE or (state == "UNKNOWN" and not opts.resubmit):
+            note = (f"SLURM job {entry['job_id']} is {state}" if state != "UNKNOWN" else
+                    f"the state of SLURM job {entry['job_id']} cannot be read (sacct); pass --resubmit if it is not "
+                    "running any more")
+            return _Run(index, params, run_dir, "queued", spec.program, args, note)
+    pgid = read_pid(_pid_path(out, run_id(index)))
+    if pgid and _runs_in(pgid, run_dir):
+        return _Run(index, params, run_dir, "busy", spec.program, args,
+                    f"still running as process group {pgid} (started by an earlier sweep.py that ended without stopping it; "
+                    f"stop it with: kill -TERM -{pgid})")
+    if not run_dir.is_dir() or not ((run_dir / "results.json").is_file() or _has_progress(run_dir)):
+        return _Run(index, params, run_dir, "run", spec.program, args)
+    changes = config_changes(run_dir, to_plain(cfg))
+    if changes is None or changes:
+        why = ("its saved config cannot be read" if changes is None
+               else "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else ""))
+        return _Run(index, params, run_dir, "rerun", spec.program, args, f"config changed: {why}")
+    if (run_dir / "results.json").is_file():
+        return _Run(index, params, run_dir, "skip", spec.program, args)
+    return _Run(index, params, run_dir, "resume", spec.program, run_args(spec, params, extra, run_dir, opts.wandb, resume=True))
+
+
+def _supersede(run: _Run, out: Path) -> Path:
+    """Move a stale run folder out of the sweep folder (report.py reads every run under it)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = out.parent / f"{out.name}.superseded" / f"{run.name}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run.run_dir), str(target))
+    log.warning("%s: %s; the earlier run is kept in %s and the run starts again.", run.name, run.note, target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launching.
+
+class StopRequests:
+    """While active, SIGINT, SIGTERM and SIGHUP are counted instead of ending the process: the launcher polls
+    :attr:`count` and stops its runs itself (no KeyboardInterrupt, no traceback). Signal handlers can only be set
+    in the main thread; elsewhere this does nothing (the caller's own handling stays)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        self.first = self.first or signum
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _gpu_slots(opts: SweepOptions) -> list[tuple[str, ...] | None]:
+    """One entry per concurrent local run: the GPU ids it gets, or None (it sees what the launcher sees)."""
+    if opts.gpus_per_run < 1:
+        raise ConfigError(f"--gpus-per-run {opts.gpus_per_run}: must be at least 1.")
+    if not opts.gpus:
+        return [None] * max(1, opts.parallel or 1)
+    if len(opts.gpus) % opts.gpus_per_run:
+        raise ConfigError(f"--gpus {','.join(opts.gpus)} cannot be split into groups of --gpus-per-run {opts.gpus_per_run}. "
+                          "Fix: list a multiple of --gpus-per-run GPU ids.")
+    groups = [tuple(opts.gpus[k:k + opts.gpus_per_run]) for k in range(0, len(opts.gpus), opts.gpus_per_run)]
+    if opts.parallel and opts.parallel > len(groups):
+        raise ConfigError(f"--parallel {opts.parallel} needs {opts.parallel * opts.gpus_per_run} GPUs, but --gpus lists "
+                          f"{len(opts.gpus)} (runs never share a GPU). Fix: --parallel {len(groups)} or more --gpus.")
+    return groups[:opts.parallel or len(groups)]
+
+
+def _command(run: _Run, opts: SweepOptions, out: Path, gpus: tuple[str, ...] | None, requeue: bool) -> RunCommand:
+    env_set, env_unset = {}, []
+    if opts.launcher == "local":
+        # submitit's local controller sets CUDA_VISIBLE_DEVICES itself; give the run its own GPUs, or the launcher's view.
+        if gpus is not None:
+            env_set["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        elif "CUDA_VISIBLE_DEVICES" in os.environ:
+            env_set["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            env_unset.append("CUDA_VISIBLE_DEVICES")
+    cls = RequeueableRunCommand if requeue else RunCommand
+    return cls([opts.python, run.program] + run.args, cwd=str(Path.cwd()), log_path=str(run.run_dir / "stdout.log"),
+               pid_path=str(_pid_path(out, run)), env_set=env_set, env_unset=env_unset, grace_s=opts.grace_s,
+               raise_on_failure=requeue)
+
+
+def _pid_path(out: Path, run: "_Run | str") -> Path:
+    """Where a run's process-group id is written (by :class:`RunCommand`, in the job)."""
+    return out / ".submitit" / "pids" / (run if isinstance(run, str) else run.name)
+
+
+def _runs_in(pgid: int, run_dir: Path) -> bool:
+    """True while process group ``pgid`` is alive and (where /proc tells) its leader is the run in ``run_dir``."""
+    if not group_alive(pgid):
+        return False
+    cmdline = Path(f"/proc/{pgid}/cmdline")
+    try:
+        return f"run_dir={run_dir}".encode() in cmdline.read_bytes()
+    except OSError:
+        return not Path("/proc/self").exists()  # no /proc: trust the group id
+
+
+def _status(run: _Run, code: int | None, stopping: bool) -> str:
+    """``finished`` (exit 0 and results.json), ``interrupted`` (stopped by the launcher or by SIGTERM/SIGINT) or
+    ``failed``."""
+    if code == 0 and (run.run_dir / "results.json").is_file():
+        return "finished"
+    if stopping or code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT):
+        return "interrupted"
+    return "failed"
+
+
+def _launch_local(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, save) -> int | None:
+    """Run ``runs`` through submitit's local executor, at most one per GPU slot at a time; returns the signal that
+    stopped the sweep, or None. However it ends (also by an unexpected error), no run's process is left behind."""
+    import submitit  # heavy-ish: only when something is launched
+
+    slots = _gpu_slots(opts)
+    executor = submitit.LocalExecutor(folder=out / ".submitit")  # (AutoExecutor takes whole minutes only)
+    # The job controllers ignore Ctrl-C: the launcher stops runs itself, by process group, without tracebacks.
+    executor.update_parameters(timeout_min=opts.timeout_min or _NO_TIMEOUT_MIN, setup=["trap '' INT"])
+    pending = list(runs)
+    active: dict[int, tuple[_Run, object, float]] = {}
+    stopping_since = killed = None
+    signalled: set[tuple[int, int]] = set()
+
+    def signal_active(sig: int) -> None:
+        for run, _, _ in active.values():
+            pgid = read_pid(_pid_path(out, run))  # None until the job has started the run's command
+            if pgid and (pgid, sig) not in signalled and group_alive(pgid):
+                signalled.add((pgid, sig))  # once each: a repeated SIGTERM would cut the run's own shutdown short
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    pass
+
+    with StopRequests() as stop:
+        try:
+            while pending or active:
+                if stop.count and stopping_since is None:
+                    stopping_since = time.monotonic()
+                    log.warning("%s: stopping %d running run(s) (each stops after its current batch; killed after %g s, "
+                                "or at once on a second Ctrl-C); %d not started.", signal.Signals(stop.first).name,
+                                len(active), opts.grace_s, len(pending))
+                    for run in pending:
+                        state[run.name] = {**state.get(run.name, {}), "params": run.params}
+                        state[run.name].setdefault("status", "not started")
+                    pending = []
+                if stopping_since is not None:
+                    kill = stop.count > 1 or time.monotonic() - stopping_since > opts.grace_s
+                    signal_active(signal.SIGKILL if kill else signal.SIGTERM)
+                    if kill and killed is None:
+                        killed = time.monotonic()
+                for slot, gpus in enumerate(slots):
+                    if slot not in active and pending:
+                        run = pending.pop(0)
+                        _pid_path(out, run).unlink(missing_ok=True)
+                        job = executor.submit(_command(run, opts, out, gpus, requeue=False))
+                        active[slot] = (run, job, time.monotonic())
+                        state[run.name] = {"params": run.params, "status": "running", "log": str(run.run_dir / "stdout.log"),
+                                           "launches": state.get(run.name, {}).get("launches", 0) + 1,
+                                           "resumed": run.action == "resume", "job_id": job.job_id}
+                        save()
+                        verb = {"run": "started", "resume": "resumed", "rerun": "started again"}[run.action]
+                        log.info("%s %s%s", run.name, verb, f" on GPU {','.join(gpus)}" if gpus else "")
+                for slot, (run, job, started) in list(active.items()):
+                    if job.done():
+                        del active[slot]
+                        _record(run, job, started, stopping_since is not None, opts, state, runs)
+                        save()
+                if killed is not None and active and time.monotonic() - killed > 60:
+                    log.error("runs %s did not end 60 s after SIGKILL; giving up on them",
+                              [r.name for r, _, _ in active.values()])
+                    break
+                time.sleep(0.2)
+        except BaseException:
+            signal_active(signal.SIGKILL)  # an unexpected error in the launcher: leave nothing running
+            raise
+        finally:
+            _reap_leftovers(runs, out, opts.grace_s)
+    return stop.first
+
+
+def _reap_leftovers(runs: list[_Run], out: Path, grace_s: float) -> None:
+    """A run's command can outlive its job (the job was killed at its time limit: the command got SIGTERM from
+    the kernel and is finishing its batch). Wait for such commands up to ``grace_s``, then SIGKILL them."""
+    left = [(r, pgid) for r in runs if (pgid := read_pid(_pid_path(out, r))) and _runs_in(pgid, r.run_dir)]
+    deadline = time.monotonic() + grace_s
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [(r, pgid) for r, pgid in left if _runs_in(pgid, r.run_dir)]
+    for run, pgid in left:
+        log.warning("%s: its command (process group %d) outlived its job; killing it", run.name, pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _record(run: _Run, job, started: float, stopping: bool, opts: SweepOptions, state: dict, runs: list[_Run]) -> None:
+    """Put a finished job's outcome into ``state`` and log it."""
+    code, error = None, ""
+    if job.paths.result_pickle.exists():
+        try:
+            code = job.result()
+        except Exception as exc:  # the job raised: submitit's own error (e.g. its time limit)
+            error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    else:
+        error = "the job ended without a result (killed)"
+    seconds = time.monotonic() - started
+    if opts.timeout_min and seconds >= 60 * opts.timeout_min:
+        error = f"stopped at the --timeout of {60 * opts.timeout_min:g} s"
+    status = _status(run, code, stopping)
+    state[run.name].update(status=status, returncode=code, seconds=round(seconds, 2))
+    state[run.name].pop("error", None)
+    if error and status != "finished":
+        state[run.name]["error"] = error
+    done = sum(1 for r in runs if state.get(r.name, {}).get("status") in ("finished", "failed", "interrupted"))
+    log.info("[%d/%d] %s %s (%.1f s)%s", done, len(runs), run.name, status, seconds,
+             "" if status == "finished" else f": see {run.run_dir / 'stdout.log'}")
+
+
+def _launch_slurm(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, save, job_name: str) -> str:
+    """Submit ``runs`` as one SLURM job array (one array task per run, one SLURM task per GPU of a run); returns
+    the job id. Each task runs the run's command, which Lightning's SLURM environment turns into DDP ranks."""
+    import submitit  # heavy-ish: only when something is launched
+
+    sl = opts.slurm
+    executor = submitit.AutoExecutor(folder=out / ".submitit", cluster="slurm")
+    params = dict(name=job_name, timeout_min=sl.time_min, nodes=1, tasks_per_node=opts.gpus_per_run,
+                  gpus_per_node=opts.gpus_per_run, slurm_array_parallelism=opts.parallel or len(runs))
+    if sl.partition:
+        params["slurm_partition"] = sl.partition
+    if sl.cpus_per_run:
+        params["cpus_per_task"] = max(1, sl.cpus_per_run // opts.gpus_per_run)
+    if sl.mem_gb:
+        params["mem_gb"] = sl.mem_gb
+    if sl.extra:
+        params["slurm_additional_parameters"] = dict(sl.extra)
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(_command(run, opts, out, None, requeue=True)) for run in runs]
+    for run, job in zip(runs, jobs):
+        entry = state.get(run.name, {})
+        state[run.name] = {"params": run.params, "status": "submitted", "job_id": job.job_id,
+                           "log": str(run.run_dir / "stdout.log"), "launches": entry.get("launches", 0) + 1,
+                           "resumed": run.action == "resume"}
+    save()
+    return jobs[0].job_id.split("_")[0] if jobs else ""
+
+
+def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOptions | None = None) -> SweepResult:
+    """Plan, check and launch the sweep ``spec`` into ``out``.
+
+    Nothing is launched unless every selected run's command validates (as eval.py would check it) and the
+    extra arguments neither override a swept key nor set a launcher-owned key.
+
+    Raises:
+        ConfigError: a bad sweep option, extra argument or planned configuration (sweep.py: exit status 2).
+    """
+    opts = opts or SweepOptions()
+    out = Path(out).absolute()  # run folders are named absolutely: jobs may start elsewhere (SLURM nodes)
+    if opts.launcher not in ("local", "slurm"):
+        raise ConfigError(f"--launcher {opts.launcher}: expected local or slurm.")
+    if not Path(spec.program).is_file():
+        raise ConfigError(f"Program '{spec.program}' of sweep '{spec.name}' is not in the current folder {Path.cwd()}. "
+                          "Fix: run sweep.py from the project root (where `wandb agent` runs it too).")
+    check_count(spec, opts.count)
+    if opts.wandb == "online" and not wandb_credentials_present():
+        raise ConfigError("--wandb online needs W&B credentials, and none are configured (no WANDB_API_KEY, no "
+                          "api.wandb.ai entry in ~/.netrc): every run would fail. Fix: run `wandb login` first, or use "
+                          "--wandb offline (the default) and `wandb sync` the runs later.")
+    check_extra_args(spec, list(extra), groups=GROUPS)
+    if opts.launcher == "local":
+        _gpu_slots(opts)  # option errors before any work
+    plan = make_plan(spec, out, opts.count, opts.seed, save=not opts.dry_run)
+    chosen = select_runs(spec, plan, opts.runs, opts.where)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    todo = [(i, p) for i, p in enumerate(plan) if not (out / run_id(i) / "results.json").is_file()]
-    log.info("sweep %s: %d runs planned, %d finished, %d to run", spec.name, len(plan), len(plan) - len(todo), len(todo))
-    commands = {}
-    for i, params in todo:
-        argv = command_args(spec, params, python or sys.executable)
-        commands[i] = argv + list(extra_args) + [f"run_dir={out / run_id(i)}", f"logger.group={spec.name}", f"name={spec.name}"]
-    if dry_run:
-        return {run_id(i): {"command": c} for i, c in commands.items()}
-    slots = list(gpus or [])
+    runs = [_classify(spec, out, i, plan[i], list(extra), opts, state) for i in chosen]
+    for run in runs:
+        if run.action == "skip" and state.get(run.name, {}).get("status") != "finished":  # e.g. finished by hand
+            state[run.name] = {**state.get(run.name, {}), "params": run.params, "status": "finished"}
+    commands = {r.name: [opts.python, spec.program] + r.args for r in runs}
+    actions = {r.name: r.action for r in runs}
+    todo = [r for r in runs if r.action in ("run", "resume", "rerun")]
+    counts = {a: sum(1 for r in runs if r.action == a) for a in ("skip", "resume", "rerun", "run", "queued", "busy")}
+    log.info("sweep %s: %d planned, %d selected: %d finished, %d to resume, %d to rerun (config changed), %d new%s%s",
+             spec.name, len(plan), len(runs), counts["skip"], counts["resume"], counts["rerun"], counts["run"],
+             f", {counts['queued']} still queued on SLURM" if counts["queued"] else "",
+             f", {counts['busy']} still running" if counts["busy"] else "")
+    for run in runs:
+        if run.action in ("queued", "busy"):
+            log.warning("%s is not launched: %s", run.name, run.note)
+        elif run.action == "rerun" and opts.dry_run:
+            log.info("%s would run again: %s", run.name, run.note)
+    result = SweepResult(out, state, actions, commands, launcher=opts.launcher, dry_run=opts.dry_run)
+    if opts.dry_run or not todo:
+        return result
+    for run in todo:
+        if run.action == "rerun":
+            _supersede(run, out)
 
-    def launch(i: int, slot: int) -> tuple[int, int, float]:
-        env = dict(os.environ)
-        if slots:
-            env["CUDA_VISIBLE_DEVICES"] = slots[slot % len(slots)]
-        run_dir = out / run_id(i)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(run_dir / "stdout.log", "w") as fh:
-            try:
-                code = subprocess.run(commands[i], stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
-            except subprocess.TimeoutExpired:
-                code = -9
-        return i, code, time.perf_counter() - start
+    def save() -> None:
+        write_json(state_path, state)  # after every change, so an interrupted sweep loses nothing
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = [pool.submit(launch, i, n) for n, (i, _) in enumerate(todo)]
-        for done, future in enumerate(as_completed(futures), 1):
-            i, code, seconds = future.result()
-            state[run_id(i)] = {"params": plan[i], "returncode": code, "seconds": round(seconds, 2),
-                                "status": "finished" if code == 0 else "failed"}
-            write_json(state_path, state)  # after every run, so an interrupted sweep loses nothing
-            log.info("[%d/%d] %s %s (%.1f s)%s", done, len(todo), run_id(i), state[run_id(i)]["status"], seconds,
-                     "" if code == 0 else f": see {out / run_id(i) / 'stdout.log'}")
-    return state
+    if opts.launcher == "local":
+        result.stopped_by = _launch_local(todo, opts, out, state, save)
+    else:
+        result.job_id = _launch_slurm(todo, opts, out, state, save, job_name=f"clipure-{spec.name}")
+    return result
 
 
-def format_sweep(state: dict, out: Path | str, dry_run: bool = False) -> str:
-    """What ``sweep.py`` prints: with ``dry_run`` one line per planned run (its id and command); otherwise the
-    finished and failed counts and the commands that report on and sync the sweep folder ``out``."""
-    if dry_run:
-        return "\n".join(f"{name} {' '.join(entry['command'])}" for name, entry in state.items())
-    failed = [k for k, v in state.items() if v["status"] != "finished"]
-    return (f"sweep folder: {out}; {len(state) - len(failed)} runs finished, {len(failed)} failed {failed if failed else ''}\n"
-            f"report: python report.py {out}    sync to W&B later: wandb sync {out}/*/wandb/offline-run-*")
+def format_sweep(result: SweepResult, resume_command: str) -> str:
+    """What ``sweep.py`` prints: with ``dry_run`` one line per selected run (its id, what would happen, its
+    command); otherwise the counts, every failed or interrupted run with its log, and the commands that resume,
+    report on and sync the sweep (the sync command only when offline W&B runs exist)."""
+    if result.dry_run:
+        return "\n".join(f"{name} [{result.actions[name]}] {shlex.join(cmd)}" for name, cmd in result.commands.items())
+    out, state = result.out, result.state
+    lines = []
+    if result.launcher == "slurm" and result.job_id:
+        submitted = [r for r, a in result.actions.items() if a in ("run", "resume", "rerun")]
+        tasks = ", ".join(state[r]["job_id"] for r in submitted)
+        lines += [f"submitted {len(submitted)} run(s) as SLURM job {result.job_id} (array tasks {tasks}).",
+                  f"follow: squeue -j {result.job_id}    logs: {out}/<run id>/stdout.log",
+                  f"when they are done, the same command reports what finished and resubmits what failed: {resume_command}"]
+    statuses = {r: state.get(r, {}).get("status", "?") for r in result.actions}
+    finished = sum(1 for s in statuses.values() if s == "finished")
+    lines.append(f"sweep folder: {out}; {len(statuses)} selected runs: {finished} finished"
+                 + "".join(f", {n} {s}" for s, n in _count_others(statuses).items()))
+    for name in result.failed + result.interrupted:
+        entry = state[name]
+        why = entry.get("error") or f"exit status {entry.get('returncode')}"
+        lines.append(f"  {entry['status']}: {name} ({why}) log: {entry.get('log', out / name / 'stdout.log')}")
+    if result.stopped_by is not None or result.interrupted or result.failed:
+        lines.append(f"resume (finished batches are kept): {resume_command}")
+    lines.append(f"report: python report.py {out}")
+    offline = sorted(out.glob("*/wandb/offline-run-*"))
+    if offline:
+        lines.append(f"sync the {len(offline)} offline W&B run(s): wandb sync {out}/*/wandb/offline-run-*")
+    return "\n".join(lines)
+
+
+def _count_others(statuses: dict) -> dict:
+    counts: dict[str, int] = {}
+    for s in statuses.values():
+        if s != "finished":
+            counts[s] = counts.get(s, 0) + 1
+    return counts

@@ -1,0 +1,144 @@
+"""A local sweep for real (submitit's local executor, eval.py subprocesses): a run killed mid-way is reported as
+failed with its log; the rerun resumes it; SIGTERM to the launcher stops it with no process left behind; the
+whole grid then finishes, writes offline W&B runs that the printed sync command finds, and reports; a rerun with
+another extra argument reruns the runs whose resolved config changed."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import report as report_script
+import sweep as sweep_script
+from clipure_lit.sweeping.job import read_pid
+
+from conftest import PROJECT_ROOT, needs_shared_cifar
+
+pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
+
+SWEEP = """name: tiny_sweep
+program: eval.py
+method: grid
+metric: {name: test/robust_acc/worst_case, goal: maximize}
+parameters:
+  clip.init_seed: {values: [0, 1]}
+command:
+  - ${env}
+  - ${interpreter}
+  - ${program}
+  - experiment=tiny
+  - ${args_no_hyphens}
+"""
+# 24 batches of an attack (a few seconds): long enough to be stopped in the middle, even on an idle machine.
+RUN_ARGS = ["data.num_samples=48", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1",
+            "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
+
+
+def _env() -> dict:
+    """The launcher's environment: this checkout first on the path (subprocesses must import it, not an install)."""
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "sweep.py", *argv], cwd=PROJECT_ROOT, env=_env(), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_lines(path: Path, lines: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and len(path.read_text().splitlines()) >= lines:
+            return
+        assert proc.poll() is None, f"the launcher ended (status {proc.returncode}) before {path} had {lines} lines"
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{path} did not reach {lines} lines in {timeout} s")
+
+
+def _processes_mentioning(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if (entry / "stat").read_text().split(") ")[-1].startswith("Z"):
+                continue  # a zombie waiting for its parent to collect it computes nothing
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find leftover processes")
+@pytest.mark.timeout(600)
+@needs_shared_cifar
+def test_local_sweep_kill_sigterm_resume_report_and_staleness(tmp_path, capsys):
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(SWEEP)
+    out = tmp_path / "out"
+    common = [str(sweep_file), "--out", str(out), f"prompts.cache_dir={tmp_path / 'text'}", *RUN_ARGS]
+    progress = out / "run-0000" / "progress" / "rank0.jsonl"
+
+    # 1. The run is killed outright (SIGKILL: out of memory, a lost node): the launcher reports it as failed, with
+    #    its log file, and exits 1.
+    proc = _start([*common, "--runs", "0", "--wandb", "off"], tmp_path / "first.log")
+    _wait_for_lines(progress, 1, proc)
+    os.kill(read_pid(out / ".submitit" / "pids" / "run-0000"), signal.SIGKILL)
+    assert proc.wait(timeout=120) == 1
+    first = (tmp_path / "first.log").read_text()
+    assert f"failed: run-0000 (exit status -9) log: {out / 'run-0000' / 'stdout.log'}" in first
+
+    # 2. The rerun resumes it (resume=true); SIGTERM to the launcher (what a scheduler sends) stops the run after its
+    #    batch, records it as interrupted, prints how to resume, exits 143 and leaves no process behind.
+    done = len(progress.read_text().splitlines())
+    proc = _start([*common, "--runs", "0", "--wandb", "off"], tmp_path / "second.log")
+    _wait_for_lines(progress, done + 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert _processes_mentioning(str(tmp_path)) == []
+    second = (tmp_path / "second.log").read_text()
+    assert "interrupted: run-0000" in second and "resume (finished batches are kept): python sweep.py" in second
+    assert "Traceback" not in second
+    state = json.loads((out / "state.json").read_text())
+    assert state["run-0000"]["status"] == "interrupted" and state["run-0000"]["launches"] == 2
+    run_log = (out / "run-0000" / "stdout.log").read_text()
+    launches = [line for line in run_log.splitlines() if line.startswith("==== ")]
+    assert len(launches) == 2 and launches[1].endswith("resume=true") and "resuming:" in run_log  # appended, not overwritten
+
+    # 3. The whole grid, two at a time: run-0000 resumes, run-0001 starts; offline W&B runs by default.
+    capsys.readouterr()
+    state = sweep_script.main([*common, "--parallel", "2"])
+    assert {k: v["status"] for k, v in state.items()} == {"run-0000": "finished", "run-0001": "finished"}
+    ids = [i for line in progress.read_text().splitlines() if line.startswith("{") and line.endswith("}")
+           for i in json.loads(line)["columns"]["label"]["ids"]]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 48  # every batch evaluated once over three launches
+    assert json.loads((out / "run-0000" / "results.json").read_text())["num_samples"] == 48
+    printed = capsys.readouterr().out
+    sync = next(line for line in printed.splitlines() if "wandb sync " in line).split("wandb sync ", 1)[1]
+    assert len(glob.glob(sync)) == 2  # the printed command matches the offline runs that exist
+
+    # 4. Nothing left to do; another extra argument changes the resolved config of every run: rerun (dry run here).
+    stamp = (out / "run-0000" / "results.json").stat().st_mtime_ns
+    assert sweep_script.main(common) == state
+    assert (out / "run-0000" / "results.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    sweep_script.main([*common, "data.num_samples=40", "--dry-run"])
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["[rerun]", "[rerun]"]
+
+    summary = report_script.main([str(out)])
+    assert summary["runs"] == 2 and summary["varying_keys"] == ["clip.init_seed"]
+    assert len(list(csv.DictReader(open(out / "report.csv")))) == 2
