@@ -1,9 +1,9 @@
-"""Shared command-line behaviour of ``eval.py`` and ``train.py``: help text, config printing, error reporting."""
+"""Shared command-line behaviour of ``eval.py`` and ``train.py``: help text, config printing, console mode, error
+reporting."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from enum import Enum
 from typing import Callable, Sequence
@@ -11,8 +11,9 @@ from typing import Callable, Sequence
 from clipure_lit.config.loader import GROUPS, list_choices, load_config, to_yaml
 from clipure_lit.config.schema import RunCfg
 from clipure_lit.errors import ClipureError
+from clipure_lit.utils.console import LogLevel, console_logging
 
-USAGE = """usage: python {prog} [group=choice ...] [dotted.key=value ...] [file.yaml ...] [--cfg] [--help]
+USAGE = """usage: python {prog} [group=choice ...] [dotted.key=value ...] [file.yaml ...] [--cfg] [--verbose] [--help]
 
 {what}
 
@@ -28,7 +29,10 @@ Examples:
   python {prog} clip=vitl14_openai data=imagenet data.root=/data/imagenet/val prompts=imagenet
   python {prog} experiment=tiny purifier.latent=identity data.num_samples=32
 
---cfg prints the composed config and exits. Errors in the config are reported before any model is built.
+--cfg prints the composed config and exits.
+--verbose (or log_level=debug) shows everything the libraries print; by default the console shows this project's
+messages, warnings, progress and the summary. <run folder>/log.txt always holds the full log.
+Errors in the config are reported before any model is built.
 """
 
 
@@ -53,15 +57,29 @@ def help_text(prog: str, what: str, schema: type) -> str:
     return USAGE.format(prog=prog, what=what, groups=groups, keys="\n".join(_schema_lines(schema)))
 
 
+VERBOSE_FLAGS = ("--verbose", "-v")
+
+
+def expand_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--verbose`` / ``-v`` replaced by the override it stands for, ``log_level=debug`` (so that the
+    arguments can be composed again, e.g. per dataset of a suite)."""
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    return [a for a in argv if a not in VERBOSE_FLAGS] + (["log_level=debug"] if verbose else [])
+
+
 def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[object], dict],
             report: Callable[[dict], str] | None = None, root: str = "eval", schema: type | None = None,
             validate: Callable | None = None) -> dict:
-    """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph.
+
+    ``--verbose`` (``-v``) is the same as ``log_level=debug``. The job runs inside
+    :func:`clipure_lit.utils.console.console_logging` in the mode the composed ``log_level`` asks for, and the
+    report is printed last.
+    """
+    argv = expand_flags(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(help_text(prog, what, schema or RunCfg))
         return {}
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     show_cfg = "--cfg" in argv
     argv = [a for a in argv if a != "--cfg"]
@@ -71,10 +89,11 @@ def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[obj
         if show_cfg:
             print(to_yaml(cfg))
             return {}
-        metrics = job(cfg)
+        with console_logging(verbose=LogLevel(cfg.log_level) == LogLevel.debug):
+            metrics = job(cfg)
+            if report is not None:
+                print(report(metrics), flush=True)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if report is not None:
-        print(report(metrics))
     return metrics

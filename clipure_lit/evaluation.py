@@ -30,7 +30,7 @@ from clipure_lit.models.lit_module import ZeroShotLitModule
 from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import read_json, write_json
-from clipure_lit.run_folder import checkpoint_hashes, close_logger, make_run_dir, write_config, write_environment
+from clipure_lit.run_folder import checkpoint_hashes, close_logger, make_run_dir, run_log, write_config, write_environment
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``."""
+    """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``.
+    The run's log goes to ``<run folder>/log.txt``."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
+    with run_log(run_dir):
+        return _evaluate(cfg, run_dir)
 
+
+def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     timer = PhaseTimer()
     # Attacks and resumption are checked before anything is written to the run folder.
     callbacks = eval_callbacks(cfg, run_dir)

@@ -1,9 +1,10 @@
 """The run folder's lifecycle, the same for an evaluation (``eval.py``) and a training run (``train.py``).
 
 In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else ``<cfg.output_root>/<cfg.name>/<timestamp>``),
-:func:`write_config` (the fully resolved ``config.yaml``, before any work), :func:`write_environment`
-(``environment.json``: Python, platform, package versions, git commit, plus what the caller adds, e.g.
-:func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
+enters :func:`run_log` (the full log of the run, ``log.txt``, whatever the console shows), :func:`write_config`
+(the fully resolved ``config.yaml``, before any work), :func:`write_environment` (``environment.json``: Python,
+platform, package versions, git commit, plus what the caller adds, e.g. :func:`checkpoint_hashes`), and, whether
+the job succeeded or not, :func:`close_logger`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from clipure_lit.config.loader import to_yaml
+from clipure_lit.loggers import log_sync_hint
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.utils.console import log_to_file
 from clipure_lit.utils.paths import find_path
 
 _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "dalle2-pytorch", "pyautoattack", "wandb",
@@ -36,6 +39,13 @@ def make_run_dir(cfg: DictConfig) -> Path:
         run_dir = Path(cfg.output_root) / cfg.name / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def run_log(run_dir: Path):
+    """Context manager: every log record of the process (every level the loggers let through, Python warnings
+    included) is appended to ``<run_dir>/log.txt`` while it is open (``log.rank<r>.txt`` on a process of rank
+    r > 0). A suite's folder gets the log of all its runs, each run's folder its own."""
+    return log_to_file(run_dir, "log.txt")
 
 
 def environment_info() -> dict:
@@ -95,8 +105,11 @@ def write_environment(run_dir: Path, **extra) -> dict:
 
 def close_logger(logger) -> None:
     """End the logger's run. For a ``WandbLogger`` this is ``wandb.finish()`` (flushes its files, so the next run in
-    the same process starts a new W&B run); the CSV logger and no logger (``False``/None) need nothing."""
+    the same process starts a new W&B run) and, for an offline run, the ``wandb sync`` command in the log file; the
+    CSV logger and no logger (``False``/None) need nothing."""
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb  # heavy: wandb (~0.5 s to import); only a W&B logger needs it
 
+        run = wandb.run
         wandb.finish()
+        log_sync_hint(run)

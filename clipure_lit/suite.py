@@ -23,7 +23,7 @@ from clipure_lit.evaluation import run_eval
 from clipure_lit.loggers import log_table_to_wandb
 from clipure_lit.reporting.suite_tables import average, defence_name, write_tables
 from clipure_lit.results import read_json, write_json
-from clipure_lit.run_folder import make_run_dir, write_config
+from clipure_lit.run_folder import make_run_dir, run_log, write_config
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     if not entries:
         raise ConfigError(f"Suite '{cfg.suite.name}' selects no dataset (suite.only={list(cfg.suite.only)}).")
     out = make_run_dir(cfg)
+    with run_log(out):
+        return _run_entries(cfg, argv, entries, out)
+
+
+def _run_entries(cfg: DictConfig, argv: Sequence[str], entries: list, out: Path) -> dict:
     write_config(out, cfg)
     rows = []
     for index, entry in enumerate(entries, 1):

@@ -24,6 +24,7 @@ from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import LoggerCfg
 from clipure_lit.purifiers.prior import DiffPriorCfg
+from clipure_lit.utils.console import LogLevel
 
 TRAIN_JOBS = ("clip", "prior", "fare", "tecoa")
 
@@ -140,6 +141,8 @@ class TrainRunCfg:
     output_root: str = "runs"
     run_dir: Optional[str] = None
     seed: int = 0
+    # Console output: info (quiet) or debug (everything, as --verbose); <run folder>/log.txt holds the full log.
+    log_level: LogLevel = LogLevel.info
     clip: ClipCfg = field(default_factory=ClipCfg)
     # Training data (a dataset of the registry; data.batch_size is the training batch size).
     data: DataCfg = field(default_factory=lambda: DataCfg(split="train", num_samples=None, batch_size=256))

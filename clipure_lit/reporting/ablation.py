@@ -26,7 +26,7 @@ from clipure_lit.utils.mcnemar import mcnemar_exact
 
 log = logging.getLogger(__name__)
 
-_IGNORED_PREFIXES = ("name", "run_dir", "output_root", "logger.", "prompts.cache_dir", "trainer.enable_progress_bar", "resume")
+_IGNORED_PREFIXES = ("name", "run_dir", "output_root", "logger.", "log_level", "prompts.cache_dir", "trainer.enable_progress_bar", "resume")
 
 
 @dataclass

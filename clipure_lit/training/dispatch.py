@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from clipure_lit.config.loader import to_plain
 from clipure_lit.loggers import build_logger
 from clipure_lit.results import write_json
-from clipure_lit.run_folder import close_logger, make_run_dir, write_config, write_environment
+from clipure_lit.run_folder import close_logger, make_run_dir, run_log, write_config, write_environment
 from clipure_lit.training.adv_job import run_adv
 from clipure_lit.training.clip_job import run_clip
 from clipure_lit.training.common import configure_cpu
@@ -32,10 +32,16 @@ def _jobs() -> dict[str, Callable]:
 
 
 def run_train(cfg: DictConfig) -> dict:
-    """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``)."""
+    """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``); the run's log goes to
+    ``<run_dir>/log.txt``."""
     configure_cpu(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
+    with run_log(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir) -> dict:
     write_config(run_dir, cfg)
     write_environment(run_dir)
     logger = build_logger(cfg, run_dir, to_plain(cfg))
