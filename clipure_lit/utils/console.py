@@ -154,13 +154,29 @@ def console_logging(verbose: bool = False) -> Iterator[logging.Handler]:
                 lg.addHandler(h)
 
 
-def ensure_console_logging(verbose: bool = False) -> None:
-    """Install the console handler when the root logger has none (a process started by DDP's spawn, which
-    inherits no logging setup); otherwise do nothing."""
+def ensure_console_logging(verbose: bool = False, log_file: str | Path | None = None, rank: int = 0) -> bool:
+    """In a process without logging set up (one started by DDP's spawn inherits none), install the console handler
+    and, when ``log_file`` is given, append to it (``<stem>.rank<r><suffix>`` for ``rank`` > 0) for the rest of the
+    process. Returns True when it installed them, False (doing nothing) when the root logger already had handlers."""
     root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(make_console_handler(verbose))
-        root.setLevel(logging.INFO)
+    if root.handlers:
+        return False
+    root.addHandler(make_console_handler(verbose))
+    root.setLevel(logging.INFO)
+    if log_file is not None:
+        root.addHandler(_file_handler(_ranked(Path(log_file), rank)))
+    return True
+
+
+def _ranked(path: Path, rank: int) -> Path:
+    return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def _file_handler(path: Path) -> logging.FileHandler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    return handler
 
 
 def process_rank() -> int:
@@ -175,11 +191,8 @@ def process_rank() -> int:
 def log_to_file(folder: str | Path, name: str = "log.txt") -> Iterator[Path]:
     """Append every record that reaches the root logger to ``<folder>/<name>`` for the duration of the block
     (``log.rank<r>.txt`` in a process of rank r > 0); yields the file's path."""
-    rank = process_rank()
-    path = Path(folder) / (name if rank == 0 else f"{Path(name).stem}.rank{rank}{Path(name).suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    path = _ranked(Path(folder) / name, process_rank())
+    handler = _file_handler(path)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
