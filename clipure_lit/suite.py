@@ -89,8 +89,10 @@ def _run_entries(cfg: DictConfig, argv: Sequence[str], entries: list, out: Path)
                "average": average(rows)}
     write_json(out / "suite.json", summary)
     # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
-    column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
-    write_tables(out, {column: rows})
+    if cfg.suite.compare.value == "datasets":
+        write_tables(out, {defence_name(cfg): rows})
+    else:
+        write_tables(out, {"": rows}, row_label="defence")
     if cfg.logger.name == "wandb":
         avg = summary["average"]
         log_table_to_wandb(cfg, out, f"{cfg.name}-{cfg.suite.name}", out / "suite.csv", out / "suite.png",
