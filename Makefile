@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench gallery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-fast: $(STAMP)
 ## goals, writes bench/results/*.json and rewrites BENCHMARKS.md. make bench ARGS="--profile full" for the paper's sizes.
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) bench/run.py $(ARGS)
+
+## Redraw docs/gallery/: every plot the project draws, from seeded synthetic runs (a few seconds).
+gallery: $(STAMP)
+	$(PY) scripts/make_gallery.py
 
 clean:
 	rm -rf $(VENV) runs wandb .pytest_cache
