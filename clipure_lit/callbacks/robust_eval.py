@@ -28,6 +28,7 @@ from clipure_lit.attacks.execute import ViewCache, run_attack
 from clipure_lit.attacks.presets import adapt_to_classes
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.errors import ConfigError
+from clipure_lit.utils.console import CONSOLE
 
 log = logging.getLogger(__name__)
 checks_log = logging.getLogger("clipure_lit.attacks.checks")
@@ -176,8 +177,10 @@ class RobustEvalCallback(pl.Callback):
 
 
 def record(pl_module, findings: list[Finding]) -> None:
-    """Store findings on the module and log each raised one as a warning (once per process)."""
+    """Store findings on the module and log each raised one as a warning (once per process): its full message goes
+    to the log file, the console gets one line naming the flag (the summary prints the message in full)."""
     for f in findings:
         pl_module.add_finding(f.flag, f.raised, f.value, f.message)
         if f.raised:
-            checks_log.warning("[flag %s] %s See docs/evaluation.md#flags.", f.flag, f.message)
+            checks_log.warning("[flag %s] %s See docs/evaluation.md#flags.", f.flag, f.message, extra={CONSOLE: False})
+            checks_log.warning("masking flag raised: %s (explained in the summary)", f.flag)

@@ -81,6 +81,10 @@ def test_clipure_cos_as_released_raises_masking_flags_with_the_fix(cos, caplog):
         record(module, findings)
     text = caplog.text
     assert "weak_grad/aa_clipure" in text and "attack.grad_mode=full or bpda_identity" in text
+    # The console gets one line per flag; the full message goes to the log file only (the summary prints it).
+    console = [r.getMessage() for r in caplog.records if getattr(r, "console", True)]
+    assert "masking flag raised: weak_grad/aa_clipure (explained in the summary)" in console
+    assert not any("attack.grad_mode=full" in line for line in console)
     assert module.flags["weak_grad/aa_clipure"] and not module.flags["weak_grad/aa_clipure@full"]
 
 
