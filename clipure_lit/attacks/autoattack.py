@@ -111,8 +111,9 @@ class SubAttackStep:
     parts: int = 1
 
     def describe(self) -> str:
-        """``apgd-t 3/9`` or, with several internal batches, ``apgd-t 3/9 (batch 2/4)``."""
-        text = f"{self.attack} {self.run}/{self.runs}"
+        """``apgd-t 3/9`` (the third of nine runs), ``apgd-t starting`` before its first run, and with several internal
+        batches ``apgd-t 3/9 (batch 2/4)``."""
+        text = f"{self.attack} {self.run}/{self.runs}" if self.run else f"{self.attack} starting"
         return text + (f" (batch {self.part}/{self.parts})" if self.parts > 1 else "")
 
 

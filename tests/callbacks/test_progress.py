@@ -71,6 +71,7 @@ def test_running_robust_accuracy_ends_equal_to_the_final_numbers_and_one_line_pe
     targeted = [step for name, step in progress.steps if step.attack == "apgd-t" and step.run > 0]
     assert targeted and max(s.run for s in targeted) == 2 and all(s.runs == 2 for s in targeted)
     assert targeted[-1].describe() == "apgd-t 2/2"
+    assert [s.describe() for n, s in progress.steps if s.attack == "apgd-t" and s.run == 0][0] == "apgd-t starting"
 
 
 def test_on_a_terminal_a_live_display_replaces_the_console_lines(tmp_path, caplog):
