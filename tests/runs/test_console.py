@@ -22,37 +22,46 @@ ARGS = ["experiment=tiny", "data.num_samples=8", "data.batch_size=4", "attack.ru
         "trainer.num_threads=1"]
 
 
-def _start(tmp_path, logger: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "eval.py", *ARGS, f"logger={logger}", f"run_dir={tmp_path / logger}",
-            f"prompts.cache_dir={tmp_path / 'text_cache'}"]
-    return subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _argv(tmp_path, logger: str) -> list[str]:
+    return [*ARGS, f"logger={logger}", f"run_dir={tmp_path / logger}", f"prompts.cache_dir={tmp_path / 'text_cache'}"]
+
+
+def _check(out: str, run, logger: str) -> None:
+    lines = out.rstrip("\n").splitlines()
+    summary = format_eval(read_json(run / "results.json")).splitlines()
+    assert [line for line in lines if any(n in line for n in NOISE)] == [], out
+    # Exactly one progress line per batch, then the summary, whose last line is the run folder.
+    assert len(lines) == 2 + len(summary), out
+    assert all(line.startswith("INFO clipure_lit.callbacks.progress: tiny: ") for line in lines[:2])
+    assert "8/8 samples (batch 2/2)" in lines[1] and "apgd_ce " in lines[1] and "ETA" in lines[1]
+    assert lines[2:] == summary and lines[-1].startswith(f"run folder: {run}")
+    full = (run / "log.txt").read_text()  # the full log keeps what the console leaves out
+    assert "GPU available" in full and "8/8 samples" in full and "running apgd-ce" in full
+    if logger == "wandb":  # W&B's files are unaffected: the offline run can still be synced
+        (offline,) = (run / "wandb").glob("offline-run-*")
+        assert list(offline.glob("run-*.wandb")) and f"wandb sync {offline}" in full
+        assert f"W&B: offline run, upload it with: wandb sync {offline}" in lines  # in the summary, not from W&B
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 @needs_shared_cifar
-def test_a_small_evaluation_prints_progress_and_summary_only_with_wandb_and_csv(tmp_path):
-    procs = {logger: _start(tmp_path, logger) for logger in ("wandb", "csv")}  # side by side: start-up dominates
-    for logger, proc in procs.items():
-        out, _ = proc.communicate(timeout=280)
-        assert proc.returncode == 0, out
-        lines = out.rstrip("\n").splitlines()
-        run = tmp_path / logger
-        summary = format_eval(read_json(run / "results.json")).splitlines()
-        assert [line for line in lines if any(n in line for n in NOISE)] == []
-        # Exactly one progress line per batch, then the summary, whose last line is the run folder.
-        assert len(lines) == 2 + len(summary), out
-        assert all(line.startswith("INFO clipure_lit.callbacks.progress: tiny: ") for line in lines[:2])
-        assert "8/8 samples (batch 2/2)" in lines[1] and "apgd_ce " in lines[1] and "ETA" in lines[1]
-        assert lines[2:] == summary and lines[-1].startswith(f"run folder: {run}")
-        full = (run / "log.txt").read_text()  # the full log keeps what the console leaves out
-        assert "GPU available" in full and "8/8 samples" in full and "running apgd-ce" in full
-        if logger == "wandb":  # W&B's files are unaffected: the offline run can still be synced
-            (offline,) = (run / "wandb").glob("offline-run-*")
-            assert list(offline.glob("run-*.wandb")) and f"wandb sync {offline}" in full
-            assert f"W&B: offline run, upload it with: wandb sync {offline}" in lines  # in the summary, not from W&B
+def test_a_small_evaluation_prints_progress_and_summary_only_with_wandb_and_csv(tmp_path, capfd):
+    """logger=wandb as a user runs it (a fresh process: W&B's banners and every import-time warning would show);
+    logger=csv meanwhile in this process (what the console handler lets through)."""
+    import eval as eval_script
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "eval.py", *_argv(tmp_path, "wandb")], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    capfd.readouterr()
+    eval_script.main(_argv(tmp_path, "csv"))
+    captured = capfd.readouterr()
+    _check(captured.err + captured.out, tmp_path / "csv", "csv")  # progress and warnings on stderr, then the summary
+    out, _ = proc.communicate(timeout=280)
+    assert proc.returncode == 0, out
+    _check(out, tmp_path / "wandb", "wandb")
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
