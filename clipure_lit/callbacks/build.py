@@ -11,6 +11,7 @@ from clipure_lit.callbacks.resume import ResumableProgress, prepare_progress
 from clipure_lit.callbacks.robust_eval import RobustEvalCallback
 from clipure_lit.config.loader import to_plain
 from clipure_lit.errors import ConfigError
+from clipure_lit.utils.console import LogLevel
 
 
 def eval_callbacks(cfg, run_dir: Path) -> list:
@@ -34,6 +35,7 @@ def eval_callbacks(cfg, run_dir: Path) -> list:
                                             checks=bool(cfg.attack.checks)))
     callbacks.append(ResumableProgress(run_dir, resume=resume))
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(EvalProgress(title=str(cfg.name), log_file=Path(run_dir) / "log.txt"))
+        callbacks.append(EvalProgress(title=str(cfg.name), log_file=Path(run_dir) / "log.txt",
+                                      verbose=LogLevel(cfg.log_level) == LogLevel.debug))
     callbacks.append(DataWaitTimer())
     return callbacks

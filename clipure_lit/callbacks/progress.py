@@ -30,7 +30,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from clipure_lit.callbacks.robust_eval import RobustEvalCallback
 from clipure_lit.attacks.autoattack import SubAttackStep
 from clipure_lit.reporting.format import pct
-from clipure_lit.utils.console import CONSOLE, ensure_console_logging
+from clipure_lit.utils.console import CONSOLE, add_log_file, ensure_console_logging
 from clipure_lit.utils.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,20 @@ class EvalProgress(ProgressBar):
         refresh_per_second: how often the live display redraws (it also redraws on every event).
         log_file: the run's log file, appended to by a process that DDP's spawn started without logging (rank r > 0
             writes ``log.rank<r>.txt`` beside it).
+        verbose: the console mode (``log_level=debug``) such a process sets up when it unpickles this display, before
+            Lightning's distributed set-up prints anything.
 
     After the test loop, :attr:`running` holds the counts accumulated batch by batch (``{"clean": [correct,
     total], <attack>: [correct, total]}``) and :attr:`final` the same counts from the run's summary.
     """
 
     def __init__(self, title: str = "", live: bool | None = None, console=None, refresh_per_second: float = 4.0,
-                 log_file: str | Path | None = None) -> None:
+                 log_file: str | Path | None = None, verbose: bool = False) -> None:
         super().__init__()
         self.title = title
         self.log_file = log_file
+        self.verbose = verbose
+        self._own_logging = False
         self.live = live
         self.console = console
         self.refresh_per_second = refresh_per_second
@@ -90,6 +94,11 @@ class EvalProgress(ProgressBar):
         self._start = 0.0
         self._progress = None
         self._tasks: dict[str, int] = {}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a process DDP's spawn started: set up its console (quiet or verbose) right away."""
+        self.__dict__.update(state)
+        self._own_logging = ensure_console_logging(self.verbose)
 
     # ------------------------------------------------------------------------------------- ProgressBar API
     def disable(self) -> None:
@@ -129,7 +138,10 @@ class EvalProgress(ProgressBar):
         super().setup(trainer, pl_module, stage)
         if stage != "test":
             return
-        ensure_console_logging(log_file=self.log_file, rank=trainer.global_rank)  # a DDP-spawned process has no logging
+        self._own_logging = ensure_console_logging(self.verbose) or self._own_logging
+        if self._own_logging and self.log_file is not None:  # a spawned process: its share of the run's log
+            add_log_file(self.log_file, trainer.global_rank)
+            self._own_logging = False  # once
         self.attacks = []
         for callback in trainer.callbacks:
             if isinstance(callback, RobustEvalCallback):

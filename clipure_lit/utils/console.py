@@ -48,6 +48,9 @@ _SELF_HANDLING = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", 
 NOISE = (
     re.compile("\N{ELECTRIC LIGHT BULB} Tip:"),  # Lightning's advertisements for its cloud products
     re.compile(r"LeafSpec.*is deprecated"),  # Lightning's _pytree with torch >= 2.10
+    re.compile(r"torch\.distributed\.nn\.functional\.all_gather is deprecated"),  # lightning_fabric with torch >= 2.10
+    # Lightning's advice for a DDP test loop; the evaluation de-duplicates the sampler's padding by sample id.
+    re.compile(r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`"),
 )
 
 
@@ -93,6 +96,22 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
+def _adopt_library_handlers() -> dict[str, tuple[bool, list[logging.Handler]]]:
+    """Make the libraries that print through a console handler of their own propagate to the root logger instead
+    (removing that handler); returns what was changed, ``{logger: (propagate, removed handlers)}``."""
+    saved = {}
+    for name in _SELF_HANDLING:
+        lg = logging.getLogger(name)
+        own = [h for h in lg.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               and getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)]
+        saved[name] = (lg.propagate, own)
+        for h in own:
+            lg.removeHandler(h)
+        if own:
+            lg.propagate = True
+    return saved
+
+
 def _is_ours(handler: logging.Handler) -> bool:
     return getattr(handler, "_clipure_console", False)
 
@@ -117,16 +136,7 @@ def console_logging(verbose: bool = False) -> Iterator[logging.Handler]:
     root = logging.getLogger()
     saved_root = (root.level, list(root.handlers))
     saved_levels = {name: logging.getLogger(name).level for name in (*OUR_LOGGERS, AUTOATTACK_LOGGER)}
-    saved_self = {}
-    for name in _SELF_HANDLING:
-        lg = logging.getLogger(name)
-        own = [h for h in lg.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               and getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)]
-        saved_self[name] = (lg.propagate, own)
-        for h in own:
-            lg.removeHandler(h)
-        if own:
-            lg.propagate = True
+    saved_self = _adopt_library_handlers()
     for h in [h for h in root.handlers if _is_ours(h)]:  # nested use: one console handler at a time
         root.removeHandler(h)
     handler = make_console_handler(verbose)
@@ -154,18 +164,29 @@ def console_logging(verbose: bool = False) -> Iterator[logging.Handler]:
                 lg.addHandler(h)
 
 
-def ensure_console_logging(verbose: bool = False, log_file: str | Path | None = None, rank: int = 0) -> bool:
-    """In a process without logging set up (one started by DDP's spawn inherits none), install the console handler
-    and, when ``log_file`` is given, append to it (``<stem>.rank<r><suffix>`` for ``rank`` > 0) for the rest of the
-    process. Returns True when it installed them, False (doing nothing) when the root logger already had handlers."""
+def ensure_console_logging(verbose: bool = False) -> bool:
+    """In a process without logging set up (one started by DDP's spawn inherits none), set it up as
+    :func:`console_logging` does, for the rest of the process. Returns True when it did, False (doing nothing) when
+    the root logger already had handlers."""
     root = logging.getLogger()
     if root.handlers:
         return False
+    _adopt_library_handlers()
     root.addHandler(make_console_handler(verbose))
     root.setLevel(logging.INFO)
-    if log_file is not None:
-        root.addHandler(_file_handler(_ranked(Path(log_file), rank)))
+    if verbose:
+        for name in (*OUR_LOGGERS, AUTOATTACK_LOGGER):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
     return True
+
+
+def add_log_file(path: str | Path, rank: int = 0) -> Path:
+    """Append every record reaching the root logger to ``path`` (``<stem>.rank<r><suffix>`` for ``rank`` > 0) for the
+    rest of the process (a spawned process's share of the run's log); returns the file's path."""
+    path = _ranked(Path(path), rank)
+    logging.getLogger().addHandler(_file_handler(path))
+    return path
 
 
 def _ranked(path: Path, rank: int) -> Path:

@@ -22,9 +22,17 @@ ARGS = ["data.num_samples=7", "data.batch_size=2", "attack.run=[fast,square]", "
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @needs_shared_cifar
-def test_two_processes_count_each_sample_once_and_match_one_process(tmp_path):
+def test_two_processes_count_each_sample_once_and_match_one_process(tmp_path, capfd):
     one = eval_script.main(tiny_args(tmp_path / "one", *ARGS))
-    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu"))
+    capfd.readouterr()
+    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu", "trainer.enable_progress_bar=true"))
+    # Rank 0's progress shows global numbers (2 processes x 2 batches of 2), the end shows the summary's; the
+    # spawned processes print no Lightning set-up lines or upstream warnings, and log into the run folder.
+    err = capfd.readouterr().err
+    assert "tiny: 7/7 samples (batch 2/2)" in err and "Tip" not in err and "Initializing distributed" not in err
+    log = (tmp_path / "two" / "run" / "log.txt").read_text()
+    assert f"clean {two['clean']['correct']}/7 " in log.split("tiny: done in")[1]
+    assert (tmp_path / "two" / "run" / "log.rank1.txt").is_file()
     for key in ("num_samples", "clean", "robust"):
         assert two[key] == one[key], key
     assert two["num_samples"] == 7 and two["robust"]["fast"]["total"] == 7
