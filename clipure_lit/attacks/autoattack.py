@@ -5,7 +5,9 @@ pyautoattack 0.2.0 quirks handled here: keyword-only constructor (``attacks=``, 
 ``run_standard_evaluation(x, y, batch_size=)`` returns ``(x_adv, y_adv)``; APGD's step-size schedule
 (``n_iter_2``, ``n_iter_min``, ``size_decr``) is computed from ``n_iter`` in ``__init__`` and must be recomputed
 when ``n_iter`` changes; the global torch RNG is reseeded by every attack; messages go to the
-``auto-attack`` logger (progress at DEBUG, its checks at WARNING).
+``auto-attack`` logger (progress at DEBUG, its checks at WARNING); its dynamic-defence check counts autograd calls
+in a module-level dict that it never resets, so after one model that differentiates inside its forward (CLIPure-Diff)
+every later run in the process would warn "dynamic defense": :func:`run_autoattack` resets it before each run.
 
 Progress inside one call (:class:`SubAttackMonitor`) comes from pyautoattack itself, not from a copy of its loop:
 its DEBUG messages name the sub-attack being run ("running apgd-t") and each internal batch it finished
@@ -23,6 +25,7 @@ from typing import Callable, Iterator
 
 import torch
 from pyautoattack import AutoAttack
+from pyautoattack import checks as aa_checks
 from torch import Tensor, nn
 
 from clipure_lit.utils.seed import cuda_devices
@@ -210,6 +213,8 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec,
         predictions on them, as returned by ``run_standard_evaluation``. The global RNG state is unchanged.
     """
     digest = digest or MessageDigest()
+    for name in aa_checks.funcs:  # the dynamic-defence check is then about this model (module docstring)
+        aa_checks.funcs[name] = 0
     with torch.random.fork_rng(devices=cuda_devices(x)), torch.enable_grad(), digest.installed():
         aa = build_autoattack(model, spec, x.device)
         monitor = SubAttackMonitor(aa, on_step).installed() if on_step is not None else nullcontext()
