@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-fast bench gpu-check clean
+.PHONY: install run test test-fast bench gpu-check gallery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 ## make gpu-check ARGS="--cpu-smoke" runs the same logic on the CPU at toy sizes.
 gpu-check: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) bench/gpu_check.py $(ARGS)
+
+## Redraw docs/gallery/: every plot the project draws, from seeded synthetic runs (a few seconds).
+gallery: $(STAMP)
+	$(PY) scripts/make_gallery.py
 
 clean:
 	rm -rf $(VENV) runs wandb .pytest_cache

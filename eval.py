@@ -13,11 +13,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Compose the config from ``argv`` (``sys.argv[1:]`` when None), run the evaluation (or every dataset of a
     ``suite=``), print the summary table (only in the first process of a multi-process run) and return the metrics
     that are also written to the run folder."""
-    from clipure_lit.cli import run_cli
+    from clipure_lit.cli import expand_flags, run_cli
     from clipure_lit.reporting import format_eval
     from clipure_lit.utils.distributed import launcher_rank_is_zero
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_flags(sys.argv[1:] if argv is None else argv)
 
     def job(cfg) -> dict:
         # heavy: the evaluation imports Lightning (~4.5 s), which --help and --cfg must not pay for

@@ -37,7 +37,7 @@ from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import read_json, write_json
 from clipure_lit.run_folder import (checkpoint_hashes, close_logger, environment_info, exclusive_run_folder, make_run_dir,
-                                    share_run_dir, write_config, write_environment)
+                                    run_log, share_run_dir, write_config, write_environment)
 from clipure_lit.utils.distributed import launcher_rank_is_zero
 from clipure_lit.utils.timing import PhaseTimer
 
@@ -138,21 +138,20 @@ def run_eval(cfg: DictConfig) -> dict:
     Under several processes (DDP, nodes) every process uses the same run folder (:func:`make_run_dir`), only rank
     0 writes ``config.yaml``, ``environment.json``, ``results.json``, ``samples.csv`` and ``timings.json``, and every
     rank returns the same metrics. SIGTERM during the test loop stops after the current batch (its progress is on
-    disk) and exits with status 143; ``resume=true`` continues.
+    disk) and exits with status 143; ``resume=true`` continues. The run's log goes to ``<run folder>/log.txt``.
     """
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     check_accelerator_present(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    with exclusive_run_folder(run_dir):  # one run per folder (rank 0 holds it)
+    with exclusive_run_folder(run_dir), run_log(run_dir):  # one run per folder (rank 0 holds it); its log.txt
         return _evaluate(cfg, run_dir)
 
 
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     """The body of :func:`run_eval`, in its run folder."""
     writes = launcher_rank_is_zero()  # before a process group exists: what the launcher says this process is
-
     timer = PhaseTimer()
     # Attacks and resumption are checked before anything is written to the run folder.
     callbacks = eval_callbacks(cfg, run_dir)

@@ -2,6 +2,10 @@
 
 A run launched by a W&B agent (``wandb agent``) always logs through W&B, whatever ``logger.name`` says: that is
 the only way the sweep receives its metric.
+
+W&B prints nothing to the console unless ``log_level=debug`` (``--verbose``): its banners, run summaries and sync
+hints are switched off with its own ``silent`` setting, which changes nothing in the run's files (``wandb sync``
+works as before). The sync command of an offline run is logged to the run's ``log.txt``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from clipure_lit.utils.console import CONSOLE, LogLevel
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,13 @@ class LoggerCfg:
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     mode: WandbMode = WandbMode.auto
+
+
+def wandb_settings(cfg: DictConfig):
+    """``wandb.Settings`` for a run: silent (no console output from W&B) unless ``cfg.log_level`` is ``debug``."""
+    import wandb  # heavy: wandb (~0.5 s to import); only W&B logging needs it
+
+    return wandb.Settings(silent=LogLevel(cfg.get("log_level", LogLevel.info)) != LogLevel.debug)
 
 
 def wandb_credentials_present() -> bool:
@@ -86,7 +99,7 @@ def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path
         rows = list(csv.reader(fh))
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, tags=list(cfg.logger.tags),
                      name=name, dir=str(run_dir), mode="offline" if wandb_offline(cfg) else "online",
-                     config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+                     config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), settings=wandb_settings(cfg))
     try:
         payload = {"table": wandb.Table(columns=rows[0], data=rows[1:])}
         if png_path is not None and png_path.is_file():
@@ -96,6 +109,14 @@ def log_table_to_wandb(cfg: DictConfig, run_dir: Path, name: str, csv_path: Path
             run.summary[key] = value
     finally:
         run.finish()
+    log_sync_hint(run)
+
+
+def log_sync_hint(run) -> None:
+    """Log (to the run's log file only) where an offline W&B run's files are and the command that uploads them."""
+    if run is not None and getattr(run.settings, "_offline", False):
+        folder = Path(run.dir).parent
+        log.info("W&B run saved offline in %s; upload it with: wandb sync %s", folder, folder, extra={CONSOLE: False})
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
@@ -118,6 +139,10 @@ def build_logger(cfg: DictConfig, run_dir: Path, config_dict: dict):
     offline = wandb_offline(cfg)
     logger = WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
                          tags=list(cfg.logger.tags), name=f"{cfg.name}-{run_dir.name}", save_dir=str(run_dir),
-                         offline=offline, config=flatten_config(config_dict) if agent else config_dict)
-    log.info("W&B logging %s into %s", "offline" if offline else "online", run_dir)
+                         offline=offline, config=flatten_config(config_dict) if agent else config_dict,
+                         settings=wandb_settings(cfg))
+    # Lightning forwards anonymous=None to wandb.init, which W&B >= 0.22 reports as a deprecated setting on the
+    # console (before any setting can silence it); anonymous mode no longer exists, so the key is not passed.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    log.info("W&B logging %s into %s", "offline" if offline else "online", run_dir, extra={CONSOLE: False})
     return logger

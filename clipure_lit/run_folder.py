@@ -2,10 +2,10 @@
 
 In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else a folder under ``<cfg.output_root>/<cfg.name>/``
 that every process of a multi-process run agrees on; a folder that cannot be written is a one-paragraph error),
-holds :func:`exclusive_run_folder` (one run per folder) for the rest,
-:func:`write_config` (the fully resolved ``config.yaml``, before any work), :func:`write_environment`
-(``environment.json``: Python, platform, package versions, git commit, plus what the caller adds, e.g.
-:func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
+holds :func:`exclusive_run_folder` (one run per folder) and :func:`run_log` (the full log of the run, ``log.txt``,
+whatever the console shows) for the rest, :func:`write_config` (the fully resolved ``config.yaml``, before any
+work), :func:`write_environment` (``environment.json``: Python, platform, package versions, git commit, plus what
+the caller adds, e.g. :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from omegaconf import DictConfig
 from clipure_lit.clip.tokenizers import callable_source, is_callable_spec
 from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError
+from clipure_lit.loggers import log_sync_hint
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
+from clipure_lit.utils.console import log_to_file
 from clipure_lit.utils.distributed import launched_without_job_id, launcher_job_name, launcher_rank_is_zero
 from clipure_lit.utils.paths import find_path
 
@@ -123,6 +125,13 @@ def share_run_dir(run_dir: Path):
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = before
+
+
+def run_log(run_dir: Path):
+    """Context manager: every log record of the process (every level the loggers let through, Python warnings
+    included) is appended to ``<run_dir>/log.txt`` while it is open (``log.rank<r>.txt`` on a process of rank
+    r > 0). A suite's folder gets the log of all its runs, each run's folder its own."""
+    return log_to_file(run_dir, "log.txt")
 
 
 def environment_info() -> dict:
@@ -245,8 +254,11 @@ def write_environment(run_dir: Path, **extra) -> dict:
 
 def close_logger(logger) -> None:
     """End the logger's run. For a ``WandbLogger`` this is ``wandb.finish()`` (flushes its files, so the next run in
-    the same process starts a new W&B run); the CSV logger and no logger (``False``/None) need nothing."""
+    the same process starts a new W&B run) and, for an offline run, the ``wandb sync`` command in the log file; the
+    CSV logger and no logger (``False``/None) need nothing."""
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb  # heavy: wandb (~0.5 s to import); only a W&B logger needs it
 
+        run = wandb.run
         wandb.finish()
+        log_sync_hint(run)

@@ -24,7 +24,7 @@ from clipure_lit.evaluation import run_eval
 from clipure_lit.loggers import log_table_to_wandb
 from clipure_lit.reporting.suite_tables import average, defence_name, write_tables
 from clipure_lit.results import read_json, write_json
-from clipure_lit.run_folder import exclusive_run_folder, make_run_dir, share_run_dir, write_config
+from clipure_lit.run_folder import exclusive_run_folder, make_run_dir, run_log, share_run_dir, write_config
 from clipure_lit.utils.distributed import launcher_rank_is_zero
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     if not entries:
         raise ConfigError(f"Suite '{cfg.suite.name}' selects no dataset (suite.only={list(cfg.suite.only)}).")
     out = make_run_dir(cfg)
-    with exclusive_run_folder(out):  # one suite per folder; each entry's run_eval locks its own sub-folder
+    with exclusive_run_folder(out), run_log(out):  # one suite per folder; each entry's run locks its own sub-folder
         return _run_suite_in(cfg, argv, entries, out)
 
 
@@ -84,11 +84,13 @@ def _run_suite_in(cfg: DictConfig, argv: Sequence[str], entries: list, out: Path
         raise DataNotFoundError(f"Suite '{cfg.suite.name}' evaluated nothing: all {len(rows)} dataset(s) were skipped. "
                                 f"{reasons} Fix: provide the data (data.root=...), choose datasets that exist with "
                                 f"suite.only=[...], or pass suite.allow_skipped=true to accept an empty suite.")
-    # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
-    column = defence_name(cfg) if cfg.suite.compare.value == "datasets" else "defence"
     if not writes:
         return summary
-    write_tables(out, {column: rows})
+    # A suite of defences has one row per defence: its columns are just clean and worst-case robust accuracy.
+    if cfg.suite.compare.value == "datasets":
+        write_tables(out, {defence_name(cfg): rows})
+    else:
+        write_tables(out, {"": rows}, row_label="defence")
     if cfg.logger.name == "wandb":
         avg = summary["average"]
         log_table_to_wandb(cfg, out, f"{cfg.name}-{cfg.suite.name}", out / "suite.csv", out / "suite.png",

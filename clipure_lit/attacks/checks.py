@@ -45,11 +45,21 @@ def logits_of(model, x: Tensor, seed: int = 0) -> Tensor:
         return model(x).float()
 
 
-def input_grad_norms(model, x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
-    """Per-sample L2 norm ``[B]`` of ``d CE(model(x), y) / d x`` (NaN where the gradient is not finite)."""
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """``[B]`` logit of the true class minus the largest other logit: the quantity a (DLR-style) attack lowers. Unlike
+    the cross-entropy, its gradient does not vanish when the softmax saturates (a confident, correct sample)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def input_grad_norms(model, x: Tensor, y: Tensor, seed: int = 0, loss: str = "ce") -> Tensor:
+    """Per-sample L2 norm ``[B]`` of ``d loss(model(x), y) / d x`` (NaN where the gradient is not finite), for
+    ``loss`` ``"ce"`` (the cross-entropy APGD-CE follows) or ``"margin"`` (:func:`margin`)."""
     x = x.detach().float().clone().requires_grad_(True)
     with torch.enable_grad(), seeded(model, seed):
-        loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+        logits = model(x).float()
+        loss = margin(logits, y).sum() if loss == "margin" else F.cross_entropy(logits, y, reduction="sum")
         grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
     if grad is None:  # the output does not depend on x through autograd
         return torch.zeros(x.shape[0])
@@ -106,16 +116,27 @@ def is_random(classifier, x: Tensor) -> bool:
     return bool((logits_of(classifier, x, 1) - logits_of(classifier, x, 2)).abs().max() > 1e-6)
 
 
-def check_gradients(spec: AttackSpec, norms: Tensor, reference: Tensor, attacked_half: bool) -> list[Finding]:
-    """Zero/non-finite gradients and the gradient ratio to undefended CLIP for one white-box attack."""
-    bad = int((~torch.isfinite(norms) | (norms == 0)).sum())
-    n = norms.numel()
+def check_gradients(spec: AttackSpec, norms: Tensor, reference: Tensor, attacked_half: bool,
+                    margin_norms: Tensor | None = None, purified: bool = True) -> list[Finding]:
+    """Zero/non-finite gradients and the gradient ratio to undefended CLIP for one white-box attack.
+
+    ``norms`` / ``reference``: cross-entropy gradient norms ``[B]`` of the attacked view and of undefended CLIP (the
+    ratio). ``margin_norms``: the attacked view's :func:`margin` gradient norms, which decide ``zero_grad`` (default:
+    ``norms``): a cross-entropy gradient is exactly zero wherever the softmax of a correct sample rounds to 1, which
+    says nothing about masking (the targeted DLR attacks still move such a sample), whereas a zero margin gradient
+    means the logits do not move with the input. ``purified``: whether the attacked view has a purifier, which the
+    advice then names."""
+    flat = norms if margin_norms is None else margin_norms
+    bad = int((~torch.isfinite(flat) | (flat == 0)).sum())
+    n = flat.numel()
     fp16 = " The attacked path is in half precision (fp16 underflows gradients to zero): use attack.precision=fp32." \
         if attacked_half else ""
+    fix = (" Stronger evaluation: attack.grad_mode=full or bpda_identity." if purified else
+           " The attacked model has no purifier, so the model itself is flat or broken at these inputs.")
     zero = Finding(f"zero_grad/{spec.name}", bad > 0, bad / max(n, 1), (
-        f"{bad}/{n} first-batch samples have a zero or non-finite input gradient under {spec.name} "
-        f"(grad_mode={spec.grad_mode.value}): APGD cannot move from its random start, so the robust accuracy "
-        f"measures random noise, not robustness.{fp16} Stronger evaluation: attack.grad_mode=full or bpda_identity.")
+        f"{bad}/{n} first-batch samples have a zero or non-finite input gradient of the logit margin under {spec.name} "
+        f"(grad_mode={spec.grad_mode.value}): the logits do not change with the input, so APGD cannot move from its "
+        f"random start and the robust accuracy measures random noise, not robustness.{fp16}{fix}")
         if bad else "")
     ok = torch.isfinite(norms) & torch.isfinite(reference) & (reference > 0)
     ratio = float((norms[ok] / reference[ok]).median()) if ok.any() else math.nan
@@ -155,14 +176,15 @@ def first_batch_checks(classifier, views, specs: Iterable[AttackSpec], x: Tensor
     findings = [check_identity(classifier, views.undefended(AttackPrecision.model), x), check_batch_dependence(classifier, x)]
     random = is_random(classifier, x)
     reference = input_grad_norms(views.undefended(AttackPrecision.fp32), x, y)
-    cache: dict[int, Tensor] = {}
+    cache: dict[int, tuple[Tensor, Tensor]] = {}
     for spec in specs:
         if not spec.white_box:
             continue
         attacked = views.attacked(spec)
         if id(attacked) not in cache:
-            cache[id(attacked)] = input_grad_norms(attacked, x, y)
-        findings += check_gradients(spec, cache[id(attacked)], reference, is_half(attacked))
+            cache[id(attacked)] = (input_grad_norms(attacked, x, y), input_grad_norms(attacked, x, y, loss="margin"))
+        ce, flat = cache[id(attacked)]
+        findings += check_gradients(spec, ce, reference, is_half(attacked), flat, has_purifier(attacked))
         findings += [check_randomness(spec, random), check_differentiable(spec, attacked)]
     return findings
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from clipure_lit.attacks.autoattack import MessageDigest, run_autoattack
+from clipure_lit.attacks.autoattack import MessageDigest, SubAttackStep, run_autoattack
 from clipure_lit.attacks.gradient_modes import float32_copy, is_full_precision, make_view
 from clipure_lit.utils.seed import batch_seed, seeded
 from clipure_lit.attacks.spec import AttackSpec
@@ -63,17 +64,19 @@ def needs_rescoring(spec: AttackSpec, attacked, classifier) -> bool:
 
 
 def run_attack(spec: AttackSpec, classifier, views: ViewCache, x: Tensor, y: Tensor, ids: Tensor,
-               digest: MessageDigest | None = None) -> AttackOutcome:
+               digest: MessageDigest | None = None,
+               on_step: Callable[[SubAttackStep], None] | None = None) -> AttackOutcome:
     """Attack one batch.
 
     The attacked view's purifier randomness is seeded from ``(spec.seed, spec.name, ids)``, so the same batch gives
     the same result in any run. ``x`` must be in [0, 1] at attack resolution; ``y`` are this batch's labels only.
+    ``on_step`` receives AutoAttack's position within the batch (:class:`SubAttackStep`).
     """
     start = time.perf_counter()
     attacked = views.attacked(spec)
     x = x.detach().float()
     with seeded(attacked, batch_seed(spec.seed, f"attack/{spec.name}", ids)):
-        x_adv, y_adv = run_autoattack(attacked, x, y, spec, digest)
+        x_adv, y_adv = run_autoattack(attacked, x, y, spec, digest, on_step)
     if needs_rescoring(spec, attacked, classifier):
         with torch.no_grad(), seeded(classifier, batch_seed(spec.seed, f"score/{spec.name}", ids)):
             y_adv = classifier(x_adv).argmax(dim=-1)

@@ -25,10 +25,24 @@ class ResultsWriter(pl.Callback):
         if not trainer.is_global_zero or pl_module.table is None:
             return
         pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
-        payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra}
+        payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra, **_wandb_entry(trainer)}
         write_json(self.run_dir / "results.json", payload)
         png = plot_results(payload, self.run_dir / "results.png")
         _log_to_wandb(trainer, self.run_dir / "samples.csv", png)
+
+
+def _wandb_entry(trainer: pl.Trainer) -> dict:
+    """``{"wandb": {"offline": bool, "dir": <the W&B run's folder>, "url": <online only>}}`` with a W&B logger, else
+    nothing: where the run's W&B files are and how they reach the server (the summary prints it, W&B stays silent)."""
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not loggers:
+        return {}
+    run = loggers[0].experiment
+    offline = bool(getattr(run.settings, "_offline", False))
+    entry = {"offline": offline, "dir": str(Path(run.dir).parent)}
+    if not offline and getattr(run, "url", None):
+        entry["url"] = run.url
+    return {"wandb": entry}
 
 
 def _log_to_wandb(trainer: pl.Trainer, samples_csv: Path, png: Path) -> None:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_DIR = "progress"
 # Keys that do not change any per-sample result: they may differ between the interrupted run and its resumption.
-IGNORED_KEYS = ("resume", "name", "output_root", "run_dir", "logger", "trainer.enable_progress_bar",
+IGNORED_KEYS = ("resume", "name", "output_root", "run_dir", "logger", "log_level", "trainer.enable_progress_bar",
                 "trainer.limit_test_batches", "trainer.num_threads", "data.num_workers", "prompts.cache_dir",
                 "attack.save_adversarial")
 

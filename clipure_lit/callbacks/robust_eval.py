@@ -5,6 +5,10 @@ module's clean pass, each attack crafts adversarial examples on its attacked vie
 source) and adds the defended classifier's predictions as the column ``adv_pred/<attack>`` of
 ``pl_module.store``; the module gathers, de-duplicates, summarises and logs everything at the end of the epoch.
 The masking checks (:mod:`clipure_lit.attacks.checks`) run once, on the first batch, and again on the summary.
+
+Listeners (:meth:`RobustEvalCallback.add_listener`, e.g. the progress display) hear, on this process, when each
+attack starts on a batch, where AutoAttack is within it (:class:`~clipure_lit.attacks.autoattack.SubAttackStep`) and
+how many of the batch's samples stayed correct.
 """
 
 from __future__ import annotations
@@ -13,20 +17,31 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import pytorch_lightning as pl
 import torch
 
-from clipure_lit.attacks.autoattack import MessageDigest
+from clipure_lit.attacks.autoattack import MessageDigest, SubAttackStep
 from clipure_lit.attacks.checks import Finding, final_checks, first_batch_checks
 from clipure_lit.attacks.execute import ViewCache, run_attack
 from clipure_lit.attacks.presets import adapt_to_classes
 from clipure_lit.attacks.spec import AttackSpec
 from clipure_lit.errors import ConfigError
+from clipure_lit.utils.console import CONSOLE
 
 log = logging.getLogger(__name__)
 checks_log = logging.getLogger("clipure_lit.attacks.checks")
+
+
+class AttackListener(Protocol):
+    """What a listener of :class:`RobustEvalCallback` implements (all calls on the process running the attack)."""
+
+    def attack_started(self, name: str, batch_size: int) -> None: ...
+
+    def sub_attack(self, name: str, step: SubAttackStep) -> None: ...
+
+    def attack_finished(self, name: str, correct: int, total: int, seconds: float) -> None: ...
 
 
 def safe_name(name: str) -> str:
@@ -59,6 +74,12 @@ class RobustEvalCallback(pl.Callback):
         self._views: ViewCache | None = None
         self._digest: MessageDigest | None = None
         self._counts: dict[str, list[int]] = {}
+        self._listeners: list[AttackListener] = []
+
+    def add_listener(self, listener: AttackListener) -> None:
+        """Tell ``listener`` about every attack on every batch from now on (once per listener)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     # --------------------------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
@@ -92,10 +113,15 @@ class RobustEvalCallback(pl.Callback):
             self._first_batch(pl_module, x, y, int(outputs["num_classes"]))
         parts = []
         for spec in self._adapted:
-            outcome = run_attack(spec, classifier, self._views, x, y, ids, self._digest)
+            for listener in self._listeners:
+                listener.attack_started(spec.name, int(y.numel()))
+            on_step = self._step_reporter(spec.name) if self._listeners else None
+            outcome = run_attack(spec, classifier, self._views, x, y, ids, self._digest, on_step)
             pl_module.store.add(f"adv_pred/{spec.name}", ids, outcome.adv_pred)
             pl_module.add_time(f"attack/{spec.name}", outcome.seconds)
             correct = int((outcome.adv_pred.to(y.device) == y).sum())
+            for listener in self._listeners:
+                listener.attack_finished(spec.name, correct, int(y.numel()), outcome.seconds)
             counts = self._counts[spec.name]
             counts[0] += correct
             counts[1] += int(y.numel())
@@ -105,12 +131,20 @@ class RobustEvalCallback(pl.Callback):
             if self.save_adversarial:
                 self._save(trainer, spec, ids, y, outcome)
         clean = int((outputs["pred"] == y).sum())
-        log.info("[rank %d] batch %d: %d/%d clean; robust so far: %s", trainer.global_rank, batch_idx, clean,
-                 int(y.numel()), ", ".join(parts))
+        # This process's own counts (the progress display shows the global ones).
+        log.debug("[rank %d] batch %d: %d/%d clean; robust so far: %s", trainer.global_rank, batch_idx, clean,
+                  int(y.numel()), ", ".join(parts))
         if self._digest.warnings:
             pl_module.checks["autoattack_warnings"] = dict(self._digest.warnings)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _step_reporter(self, name: str):
+        def report(step: SubAttackStep) -> None:
+            for listener in self._listeners:
+                listener.sub_attack(name, step)
+
+        return report
+
     def _first_batch(self, pl_module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
         if x.min() < 0 or x.max() > 1:
             raise ValueError(f"Attacks need images in [0, 1] at attack resolution; this batch spans "
@@ -143,8 +177,10 @@ class RobustEvalCallback(pl.Callback):
 
 
 def record(pl_module, findings: list[Finding]) -> None:
-    """Store findings on the module and log each raised one as a warning (once per process)."""
+    """Store findings on the module and log each raised one as a warning (once per process): its full message goes
+    to the log file, the console gets one line naming the flag (the summary prints the message in full)."""
     for f in findings:
         pl_module.add_finding(f.flag, f.raised, f.value, f.message)
         if f.raised:
-            checks_log.warning("[flag %s] %s See docs/evaluation.md#flags.", f.flag, f.message)
+            checks_log.warning("[flag %s] %s See docs/evaluation.md#flags.", f.flag, f.message, extra={CONSOLE: False})
+            checks_log.warning("masking flag raised: %s (explained in the summary)", f.flag)

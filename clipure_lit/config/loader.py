@@ -136,7 +136,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DIR, root: str = "eval",
-                schema: type = RunCfg, validate: Callable[[DictConfig], None] | None = None) -> DictConfig:
+                schema: type = RunCfg, validate: Callable[[DictConfig], None] | None = None,
+                composed_from: list[str] | None = None) -> DictConfig:
     """Build the validated run config from command-line style arguments.
 
     Args:
@@ -145,6 +146,8 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         root: name of the root file in ``conf_dir`` that lists the default group choices.
         schema: the dataclass that types the config (``RunCfg`` for evaluation).
         validate: registry and compatibility checks (default: :func:`clipure_lit.config.validate.validate_config`).
+        composed_from: when given, receives the names of what was merged, in merge order (``conf/<group>/<choice>.yaml``
+            files, the root file, the experiment, YAML files, ``command-line override '<key=value>'``).
 
     Returns:
         A structured ``DictConfig`` typed by :class:`RunCfg`, with every choice validated.
@@ -182,6 +185,8 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         except OmegaConfBaseException as exc:
             raise ConfigError(f"Cannot parse override '{item}': {_first_line(exc)}") from None
 
+    if composed_from is not None:
+        composed_from.extend(name for _, name in sources)
     if "purifier" not in schema.__dataclass_fields__:
         cfg = _compose(schema, sources)
     else:

@@ -21,6 +21,7 @@ from clipure_lit.clip.config import ClipCfg, PromptsCfg
 from clipure_lit.data.config import DataCfg
 from clipure_lit.loggers import LoggerCfg
 from clipure_lit.purifiers.registry import config_sections
+from clipure_lit.utils.console import LogLevel
 
 
 @dataclass
@@ -108,6 +109,9 @@ class RunCfg:
     # Continue an interrupted run in ``run_dir`` (same config): finished samples are not evaluated again.
     resume: bool = False
     seed: int = 0
+    # Console output: info (quiet: this project's messages, other libraries' warnings) or debug (everything, as
+    # --verbose). <run folder>/log.txt always holds the full log.
+    log_level: LogLevel = LogLevel.info
     clip: ClipCfg = field(default_factory=ClipCfg)
     data: DataCfg = field(default_factory=DataCfg)
     prompts: PromptsCfg = field(default_factory=PromptsCfg)

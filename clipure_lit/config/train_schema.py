@@ -25,6 +25,7 @@ from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import LoggerCfg
 from clipure_lit.purifiers.prior import DiffPriorCfg
+from clipure_lit.utils.console import LogLevel
 
 TRAIN_JOBS = ("clip", "prior", "fare", "tecoa")
 
@@ -144,6 +145,8 @@ class TrainRunCfg:
     seed: int = 0
     # Allow the job to replace an existing file named by <job>_train.export_to (never implied).
     overwrite: bool = False
+    # Console output: info (quiet) or debug (everything, as --verbose); <run folder>/log.txt holds the full log.
+    log_level: LogLevel = LogLevel.info
     clip: ClipCfg = field(default_factory=ClipCfg)
     # Training data (a dataset of the registry; data.batch_size is the training batch size).
     data: DataCfg = field(default_factory=lambda: DataCfg(split="train", num_samples=None, batch_size=256))

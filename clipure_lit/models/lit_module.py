@@ -16,6 +16,13 @@ from clipure_lit.results import SampleStore, SampleTable, all_gather_object, mer
 log = logging.getLogger(__name__)
 
 
+def _loader_batch_size(trainer) -> int | None:
+    """The test loader's batch size (``data.batch_size``), or None without a trainer or loader."""
+    loaders = getattr(trainer, "test_dataloaders", None) if trainer is not None else None
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    return getattr(loader, "batch_size", None)
+
+
 class ZeroShotLitModule(pl.LightningModule):
     """Wraps an injected :class:`PurifiedZeroShotClassifier`.
 
@@ -133,6 +140,9 @@ class ZeroShotLitModule(pl.LightningModule):
         x, y, ids = batch  # [B, 3, H, W], [B], [B]
         if self.batch_finished(ids):
             return None
+        data_batch = _loader_batch_size(self._trainer)
+        for purifier in self.classifier.purifiers:  # the evaluation's batch, not the checks' or attacks' sub-batches
+            purifier.check_evaluation_batch(int(ids.numel()), data_batch)
         start = time.perf_counter()
         with seeded(self.classifier, batch_seed(self.classifier.seed, "clean", ids)):
             logits = self.classifier(x)  # [B, K]

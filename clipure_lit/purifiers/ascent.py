@@ -99,8 +99,9 @@ def stack_records(records: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 class AscentModes:
     """State shared by the CLIPure purifiers (latent and pixel) whose keys are an :class:`AscentCfg`:
-    ``batch_coupled`` follows ``norm_scope``, ``differentiable`` follows ``grad_mode``, and :meth:`with_grad_mode`
-    is a view with ``grad_mode`` replaced."""
+    ``batch_coupled`` follows ``norm_scope``, ``differentiable`` follows ``grad_mode``, :meth:`with_grad_mode`
+    is a view with ``grad_mode`` replaced, and :meth:`check_evaluation_batch` compares the evaluation's batch with
+    ``batch_size``."""
 
     cfg: AscentCfg
 
@@ -111,6 +112,10 @@ class AscentModes:
         self.differentiable = cfg.grad_mode == GradMode.full
         self.last_diagnostics: dict[str, Tensor] = {}
         self.batch_warning = BatchSizeWarning(key)
+
+    def check_evaluation_batch(self, batch: int, data_batch: int | None) -> None:
+        """Warn once when a ``norm_scope=batch`` purifier is evaluated at another batch size than ``batch_size``."""
+        self.batch_warning.check(type(self).__name__, batch, self.cfg.batch_size, self.batch_coupled, data_batch)
 
     def with_grad_mode(self, mode: GradMode):
         """A shallow copy sharing weights and buffers, with ``grad_mode`` replaced (``differentiable`` follows)."""
@@ -142,12 +147,8 @@ class AscentPurifier(AscentModes, Purifier):
         """Per-sample statistics ``{name: [B]}``; the base records the cosine to the starting embedding."""
         return {"cos_to_start": F.cosine_similarity(z.detach(), z0.detach(), dim=-1)}
 
-    def check_batch_size(self, batch: int) -> None:
-        self.batch_warning.check(type(self).__name__, batch, self.cfg.batch_size, self.batch_coupled)
-
     def forward(self, z: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``z [B, D]`` -> purified ``[B, D]`` with the same row norms."""
-        self.check_batch_size(z.shape[0])
         # enable_grad: AutoAttack's clean pass and Lightning's test loop may run under no_grad.
         with torch.enable_grad():
             out, records = sphere_ascent(z, self.make_grad_fn(z, generator), self.cfg, self.step_diagnostics)

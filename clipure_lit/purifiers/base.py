@@ -79,6 +79,12 @@ class Purifier(nn.Module):
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def check_evaluation_batch(self, batch: int, data_batch: int | None) -> None:
+        """Called by the test loop with the size ``batch`` of each data batch it evaluates (``data_batch``: the
+        loader's batch size, ``data.batch_size``), never for the smaller batches that checks and attacks pass
+        through the purifier (single samples, the points still robust). A purifier whose output depends on the batch
+        warns here when that differs from what its config names. Default: nothing."""
+
     def with_grad_mode(self, mode: GradMode) -> "Purifier":
         """This purifier as an attack in gradient mode ``mode`` differentiates it, sharing weights and buffers.
 
@@ -112,19 +118,32 @@ def shallow_copy_with(purifier: Purifier, **attributes: Any) -> Purifier:
 
 
 class BatchSizeWarning:
-    """Warns once when a batch-coupled purifier runs at another batch size than the one its config names.
+    """Warns once when a batch-coupled purifier is evaluated at another batch size than the one its config names.
 
     ``key`` is the config prefix of the purifier (``purifier.clipure_cos``), so the message names the keys to fix.
+    It is checked on the evaluation's data batches only (:meth:`Purifier.check_evaluation_batch`): the masking checks
+    classify single samples and AutoAttack passes only the points still robust, which is part of the evaluation
+    protocol, not a setting to fix.
     """
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.warned = False
 
-    def check(self, name: str, batch: int, expected: int | None, coupled: bool) -> None:
+    def check(self, name: str, batch: int, expected: int | None, coupled: bool, data_batch: int | None = None) -> None:
+        """Warn (once) when ``batch`` differs from ``expected`` for a ``coupled`` purifier. A ``batch`` smaller than
+        ``data_batch == expected`` is the last, partial batch of a sample count that ``expected`` does not divide,
+        and the message says so."""
         if not coupled or expected is None or batch == expected or self.warned:
             return
         self.warned = True
+        if data_batch is not None and data_batch == expected and batch < data_batch:
+            log.warning("%s normalises its step over the whole batch (%s.norm_scope=batch), so its output depends on the "
+                        "batch: the last batch holds %d sample(s), because the number of samples is not a multiple of "
+                        "%s.batch_size=%d, and those are purified at batch size %d. Fix: choose data.num_samples as a "
+                        "multiple of %d, or %s.norm_scope=sample. (Warned once.)",
+                        name, self.key, batch, self.key, expected, batch, expected, self.key)
+            return
         log.warning("%s normalises its step over the whole batch (%s.norm_scope=batch), so its output depends on the "
                     "batch: it is evaluated at batch size %d but %s.batch_size=%d. Results are not comparable to a run at "
                     "%d. Fix: set data.batch_size=%d, or %s.norm_scope=sample. (Warned once.)",

@@ -103,7 +103,6 @@ class ClipureCos(AscentPurifier):
         c = self.cfg
         if (c.grad_mode == GradMode.full and c.num_steps > 0 and not c.diagnostics and torch.is_grad_enabled()
                 and z.requires_grad):
-            self.check_batch_size(z.shape[0])
             self.last_diagnostics = {}
             return cos_ascent_closed_form(z, self.anchor, c)
         return super().forward(z, generator=generator)

@@ -111,7 +111,6 @@ class ClipurePixel(AscentModes, Purifier):
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``x [B, 3, H, W]`` in [0, 1] -> purified ``[B, 3, H, W]`` in [0, 1] (within eps of ``x``)."""
         s = self.cfg
-        self.batch_warning.check("Pixel CLIPure", x.shape[0], s.batch_size, self.batch_coupled)
         in_graph = s.grad_mode == GradMode.full
         records: list[dict[str, Tensor]] = []
         x0 = x

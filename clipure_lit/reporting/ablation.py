@@ -2,9 +2,11 @@
 
 Outputs in the report folder: ``report.csv`` and ``report.md`` (one row per run: the config keys that vary across
 the runs, clean and robust accuracy per attack with 95% intervals, the worst case, time per sample), one PNG per
-numeric varying key (accuracy against that key, one line per combination of the other varying keys; the even/odd
-pattern of the released CLIPure-Cos shows up against ``purifier.clipure_cos.num_steps``), and ``paired.csv``: each run against
-a baseline run on the shared sample ids, with the accuracy difference and an exact McNemar test.
+numeric varying key (accuracy with 95% Wilson intervals against that key, one line per combination of the other
+varying keys; the even/odd pattern of the released CLIPure-Cos shows up against ``purifier.clipure_cos.num_steps``;
+a key without a plot gets the reason), and ``paired.csv``: each run against a baseline run on the shared sample ids,
+with the metric compared, the accuracy difference and an exact McNemar test. Runs are labelled by folder name, or
+by their path below the shared folder when names repeat (two sweeps' ``run-0000``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from clipure_lit.utils.mcnemar import mcnemar_exact
 
 log = logging.getLogger(__name__)
 
-_IGNORED_PREFIXES = ("name", "run_dir", "output_root", "logger.", "prompts.cache_dir", "trainer.enable_progress_bar", "resume")
+_IGNORED_PREFIXES = ("name", "run_dir", "output_root", "logger.", "log_level", "prompts.cache_dir", "trainer.enable_progress_bar", "resume")
 
 
 @dataclass
@@ -78,6 +80,19 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
     return runs
 
 
+def run_labels(runs: list[Run]) -> dict[Path, str]:
+    """A unique label per run: its folder name, or, when names repeat (``run-0000`` of two sweeps), its path below
+    the deepest folder all runs share (``sweep_a/run-0000``)."""
+    names = [r.path.name for r in runs]
+    if len(set(names)) == len(names):
+        return {r.path: r.path.name for r in runs}
+    parts = [r.path.resolve().parts for r in runs]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return {r.path: "/".join(p[common:]) for r, p in zip(runs, parts)}
+
+
 def varying_keys(runs: list[Run]) -> list[str]:
     keys = sorted({k for r in runs for k in r.config})
     return [k for k in keys if not k.startswith(_IGNORED_PREFIXES) and len({repr(r.config.get(k)) for r in runs}) > 1]
@@ -94,6 +109,7 @@ def _headline(run: Run) -> float:
 
 def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
     attacks = attack_names(runs)
+    labels = run_labels(runs)
     header = ["run", *keys, "clean", *[f"robust/{a}" for a in attacks], "time/clean (ms)"]
     with open(out / "report.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -103,7 +119,7 @@ def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
         for r in runs:
             robust = r.results.get("robust", {})
             times = r.results.get("time_per_sample_s", {})
-            writer.writerow([r.path.name, *[r.config.get(k) for k in keys], r.results["num_samples"], r.results["clean"]["acc"],
+            writer.writerow([labels[r.path], *[r.config.get(k) for k in keys], r.results["num_samples"], r.results["clean"]["acc"],
                              *r.results["clean"]["ci95"],
                              *[v for a in attacks for v in ([robust[a]["acc"], *robust[a]["ci95"]] if a in robust else [None] * 3)],
                              *[times.get(k) for k in ("clean", *[f"attack/{a}" for a in attacks if a != "worst_case"])]])
@@ -111,7 +127,7 @@ def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
     for r in runs:
         robust = r.results.get("robust", {})
         t = r.results.get("time_per_sample_s", {}).get("clean")
-        cells = [r.path.name, *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]),
+        cells = [labels[r.path], *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]),
                  *[pct_entry(robust.get(a)) for a in attacks], ms(t)]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -121,60 +137,103 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def plot_against(runs: list[Run], keys: list[str], out: Path) -> list[Path]:
-    """One PNG per numeric varying key with at least 3 values: headline accuracy (worst-case robust, or clean when
-    no attack ran) against it, one line per combination of the other varying keys; clean accuracy dashed."""
+def _headline_entry(run: Run) -> dict:
+    robust = run.results.get("robust", {})
+    return robust.get("worst_case") or run.results["clean"]
+
+
+def plot_against(runs: list[Run], keys: list[str], out: Path) -> tuple[list[Path], dict[str, str]]:
+    """One PNG per numeric varying key: headline accuracy (worst-case robust, or clean when no attack ran) against
+    it, one line per combination of the other varying keys, clean accuracy dashed, every point with its 95% Wilson
+    interval. Returns the PNGs written and, for each varying key without a plot, the reason."""
     import matplotlib  # heavy: ~0.4 s to import; only the plots need it, not the tables
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    written, skipped = [], {}
+    robust = any(r.results.get("robust") for r in runs)
     for x_key in keys:
-        values = {r.config.get(x_key) for r in runs}
-        if len(values) < 3 or not all(_is_number(v) for v in values):
+        values = [r.config.get(x_key) for r in runs]
+        if any(v is None for v in values):
+            skipped[x_key] = "some runs leave it unset (null), so it has no position on an axis"
+            continue
+        if not all(_is_number(v) for v in values):
+            skipped[x_key] = "its values are not numbers (compare them in report.md and paired.csv)"
             continue
         others = [k for k in keys if k != x_key]
         series_of = lambda r: tuple((k, r.config.get(k)) for k in others)  # noqa: E731
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for series, members in groupby(sorted(runs, key=lambda r: repr(series_of(r))), key=series_of):
-            members = sorted(members, key=lambda r: r.config[x_key])
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in series) or "runs"
-            xs = [r.config[x_key] for r in members]
-            line, = ax.plot(xs, [100 * _headline(r) for r in members], marker="o", label=label)
-            ax.plot(xs, [100 * r.results["clean"]["acc"] for r in members], ls="--", color=line.get_color(), alpha=0.5)
-        if all(v > 0 for v in values) and max(values) / min(values) > 50:
+        groups = [(series, sorted(members, key=lambda r: r.config[x_key]))
+                  for series, members in groupby(sorted(runs, key=lambda r: repr(series_of(r))), key=series_of)]
+        if not any(len({r.config[x_key] for r in members}) > 1 for _, members in groups):
+            tied = [k for k in others if all(len({repr(r.config.get(k)) for r in runs if r.config[x_key] == v}) == 1
+                                             for v in set(values))]
+            skipped[x_key] = ("it never changes while the other varying keys stay fixed"
+                              + (f" (it changes together with {', '.join(tied)})" if tied else "")
+                              + ", so no line can be drawn against it")
+            continue
+        log_x = all(v > 0 for v in values) and max(values) / min(values) > 50
+        # Series drawn side by side (a small horizontal offset each) so that their error bars do not hide each other.
+        dodge = 0.0 if log_x or len(groups) == 1 else 0.03 * (max(values) - min(values)) / (len(groups) - 1)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for index, (series, members) in enumerate(groups):
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in series) or "all runs"
+            shift = dodge * (index - (len(groups) - 1) / 2)
+            xs = [r.config[x_key] + shift for r in members]
+            head = [_headline_entry(r) for r in members]
+            clean = [r.results["clean"] for r in members]
+            line = ax.errorbar(xs, [100 * e["acc"] for e in head], yerr=_yerr(head), marker="o", capsize=3, label=label)
+            if robust:
+                ax.errorbar(xs, [100 * e["acc"] for e in clean], yerr=_yerr(clean), ls="--", capsize=2,
+                            color=line.lines[0].get_color(), alpha=0.45)
+        if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(x_key)
         ax.set_ylabel("accuracy (%)")
-        ax.set_title("solid: robust (worst case over attacks), dashed: clean", fontsize=9)
-        ax.set_ylim(0, 100)
-        ax.legend(fontsize=6)
+        n = sorted({r.results["num_samples"] for r in runs})
+        samples = f"{n[0]} samples" if len(n) == 1 else f"{n[0]}-{n[-1]} samples"
+        what = "solid: worst-case robust, dashed: clean" if robust else "clean accuracy (no attack ran)"
+        ax.set_title(f"{what}; {samples} per run, bars: 95% Wilson intervals", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=6,  # beside the axes
+                  title="one line per\n" + (", ".join(k.split(".")[-1] for k in others) if others else "run"))
         fig.tight_layout()
         path = out / f"acc_vs_{x_key.replace('.', '_')}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
-    return written
+    return written, skipped
 
 
-def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = "worst_case") -> list[dict]:
-    """Each run against ``baseline`` on their shared sample ids (``metric`` correctness): accuracy difference and the
-    exact McNemar p-value."""
-    base = baseline.correct(metric if baseline.results.get("robust") else "clean")
+def _yerr(entries: list[dict]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars (percent) from the entries' 95% Wilson intervals."""
+    return [[100 * (e["acc"] - e["ci95"][0]) for e in entries], [100 * (e["ci95"][1] - e["acc"]) for e in entries]]
+
+
+METRIC_NAMES = {"worst_case": "worst-case robust accuracy", "clean": "clean accuracy"}
+
+
+def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = "worst_case",
+                       labels: dict[Path, str] | None = None) -> list[dict]:
+    """Each run against ``baseline`` on their shared sample ids: accuracy difference and the exact McNemar p-value,
+    for ``metric`` (per-sample correctness; ``clean`` for a pair where either run has no attack). Each row names the
+    metric it compares."""
+    labels = labels or run_labels(runs)
     rows = []
     for r in runs:
         if r is baseline:
             continue
-        other = r.correct(metric if r.results.get("robust") else "clean")
+        used = metric if (baseline.results.get("robust") and r.results.get("robust")) else "clean"
+        base, other = baseline.correct(used), r.correct(used)
         shared = sorted(set(base) & set(other))
         if not shared:
             continue
         only_base = sum(base[i] and not other[i] for i in shared)
         only_other = sum(other[i] and not base[i] for i in shared)
         diff = (sum(other[i] for i in shared) - sum(base[i] for i in shared)) / len(shared)
-        rows.append({"run": r.path.name, "baseline": baseline.path.name, "shared_samples": len(shared), "acc_difference": diff,
-                     "only_baseline_correct": only_base, "only_run_correct": only_other, "mcnemar_p": mcnemar_exact(only_base, only_other)})
+        rows.append({"run": labels[r.path], "baseline": labels[baseline.path], "metric": used, "shared_samples": len(shared),
+                     "acc_difference": diff, "only_baseline_correct": only_base, "only_run_correct": only_other,
+                     "mcnemar_p": mcnemar_exact(only_base, only_other)})
     if rows:
         with open(out / "paired.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -184,17 +243,21 @@ def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = 
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None, baseline: str | None = None) -> dict:
-    """Collect the runs under ``paths`` and write the report into ``out`` (default: the first path)."""
+    """Collect the runs under ``paths`` and write the report into ``out`` (default: the first path). ``baseline``
+    is a run's label (folder name, or path below the shared folder when names repeat) or path."""
     runs = collect_runs(paths)
     out = Path(out or paths[0])
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
+    labels = run_labels(runs)
     write_table(runs, keys, out)
-    plots = plot_against(runs, keys, out)
-    base = next((r for r in runs if baseline and (r.path.name == baseline or str(r.path) == baseline)), runs[0])
-    paired = paired_comparisons(runs, base, out)
-    summary = {"runs": len(runs), "varying_keys": keys, "plots": [str(p) for p in plots], "paired": paired,
-               "out": str(out), "best": max(runs, key=_headline).path.name}
+    plots, skipped = plot_against(runs, keys, out)
+    if not keys:
+        skipped = {"(no key)": "the runs differ in no config key, so there is no axis to plot against"}
+    base = next((r for r in runs if baseline and baseline in (r.path.name, labels[r.path], str(r.path))), runs[0])
+    paired = paired_comparisons(runs, base, out, labels=labels)
+    summary = {"runs": len(runs), "varying_keys": keys, "plots": [str(p) for p in plots], "skipped_plots": skipped,
+               "paired": paired, "out": str(out), "best": labels[max(runs, key=_headline).path]}
     log.info("report of %d runs in %s", len(runs), out)
     return summary
 
@@ -204,9 +267,10 @@ def format_report(summary: dict) -> str:
     lines = [(out / "report.md").read_text().rstrip()]
     for row in summary["paired"]:
         significant = "significant" if row["mcnemar_p"] < 0.05 else "not significant"
-        lines.append(f"{row['run']} vs {row['baseline']}: {points(row['acc_difference'])} points on {row['shared_samples']} "
-                     f"shared samples, McNemar p={row['mcnemar_p']:.3g} ({significant})")
+        what = METRIC_NAMES.get(row.get("metric", "worst_case"), row.get("metric"))
+        lines.append(f"{what}, {row['run']} vs {row['baseline']}: {points(row['acc_difference'])} points on "
+                     f"{row['shared_samples']} shared samples, McNemar p={row['mcnemar_p']:.3g} ({significant})")
+    for key, reason in summary.get("skipped_plots", {}).items():
+        lines.append(f"no plot against {key}: {reason}")
     lines.append(f"report folder: {out} (report.csv, report.md, paired.csv, {len(summary['plots'])} plot(s))")
     return "\n".join(lines)
-
-

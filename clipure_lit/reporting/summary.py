@@ -46,8 +46,24 @@ def format_summary(results: dict) -> str:
             lines.extend(textwrap.wrap(text, width=110, subsequent_indent="    "))
     elif results.get("flags"):
         lines.append(f"\nmasking flags: none raised ({len(results['flags'])} checked)")
-    lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml)")
+    wandb = results.get("wandb")
+    if wandb:
+        lines.append(f"W&B: offline run, upload it with: wandb sync {wandb['dir']}" if wandb.get("offline")
+                     else f"W&B: {wandb.get('url') or wandb['dir']}")
+    lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml, log.txt)")
     return "\n".join(lines)
+
+
+def _wandb_line(summary: dict) -> list[str]:
+    """One line on a suite's W&B runs: the command that uploads the offline ones (the suite table's run and each
+    run's)."""
+    runs = [r["results"]["wandb"] for r in summary["rows"] if r.get("status") == "done" and r["results"].get("wandb")]
+    if not runs:
+        return []
+    out = Path(summary["run_dir"])
+    if any(w.get("offline") for w in runs):
+        return [f"W&B: offline runs, upload them with: wandb sync {out}/wandb/offline-run-* {out}/*/wandb/offline-run-*"]
+    return [f"W&B: {len(runs)} runs online"]
 
 
 def format_eval(metrics: dict) -> str:
@@ -66,7 +82,8 @@ def format_suite(summary: dict) -> str:
     for row in summary["rows"]:
         if row.get("status") == "skipped":
             lines.append(f"skipped {row['dataset']}: {row['reason']}")
-    lines.append(f"suite folder: {out} (suite.csv, suite.md, suite.png, one folder per dataset)")
+    lines += _wandb_line(summary)
+    lines.append(f"suite folder: {out} (suite.csv, suite.md, suite.png, log.txt, one folder per dataset)")
     return "\n".join(lines)
 
 
@@ -83,9 +100,11 @@ def format_defences(summary: dict) -> str:
             lines.append(f"skipped: {row.get('reason', '')}")
             continue
         table = format_summary(row["results"]).splitlines()
-        lines.extend(line for line in table if not line.startswith("run folder:"))
+        lines.extend(line for line in table if not line.startswith(("run folder:", "W&B:")))  # said once, at the end
         lines.extend(textwrap.wrap("=> " + explain(row["results"], None if row is undefended else base), width=110,
                                    subsequent_indent="   "))
     out = Path(summary["run_dir"])
-    lines.append(f"\nfolder: {out} (suite.csv, suite.md, suite.png; one run folder per defence with results.json, samples.csv)")
+    lines += [""] + _wandb_line(summary)
+    lines.append(f"folder: {out} (suite.csv, suite.md, suite.png, log.txt; one run folder per defence with results.json, "
+                 "samples.csv)")
     return "\n".join(lines)

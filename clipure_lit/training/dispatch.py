@@ -19,7 +19,7 @@ from clipure_lit.config.loader import to_plain
 from clipure_lit.loggers import build_logger
 from clipure_lit.results import write_json
 from clipure_lit.config.validate import check_accelerator_present
-from clipure_lit.run_folder import close_logger, exclusive_run_folder, make_run_dir, write_config, write_environment
+from clipure_lit.run_folder import close_logger, exclusive_run_folder, make_run_dir, run_log, write_config, write_environment
 from clipure_lit.training.adv_job import run_adv
 from clipure_lit.training.clip_job import run_clip
 from clipure_lit.training.common import configure_cpu
@@ -33,23 +33,28 @@ def _jobs() -> dict[str, Callable]:
 
 
 def run_train(cfg: DictConfig) -> dict:
-    """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``)."""
+    """Run ``cfg.job`` and return its metrics (also written to ``<run_dir>/results.json``); the run's log goes to
+    ``<run_dir>/log.txt``."""
     configure_cpu(cfg.trainer.num_threads)
     check_accelerator_present(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    with exclusive_run_folder(run_dir):
-        write_config(run_dir, cfg)
-        write_environment(run_dir)
-        logger = build_logger(cfg, run_dir, to_plain(cfg))
-        start = time.perf_counter()
-        try:
-            metrics = _jobs()[cfg.job](cfg, run_dir, logger)
-        finally:
-            close_logger(logger)
-        metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
-        write_json(run_dir / "results.json", metrics)
-        return metrics
+    with exclusive_run_folder(run_dir), run_log(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir) -> dict:
+    write_config(run_dir, cfg)
+    write_environment(run_dir)
+    logger = build_logger(cfg, run_dir, to_plain(cfg))
+    start = time.perf_counter()
+    try:
+        metrics = _jobs()[cfg.job](cfg, run_dir, logger)
+    finally:
+        close_logger(logger)
+    metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
+    write_json(run_dir / "results.json", metrics)
+    return metrics
 
 
 def format_train_summary(metrics: dict) -> str:

@@ -65,6 +65,35 @@ def test_run_is_reproducible_protects_the_global_rng_and_stays_in_the_ball():
         assert torch.equal(model(x1).argmax(-1), y1)
 
 
+class Differentiating(nn.Module):
+    """A model that takes a gradient inside its forward, as CLIPure does: AutoAttack calls it a dynamic defence."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        with torch.enable_grad():
+            probe = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.net(probe).sum(), probe)
+        return self.net(x - 0.01 * g.sign())
+
+
+def test_the_dynamic_defence_warning_is_about_the_model_attacked_not_an_earlier_one(caplog):
+    model = _net()
+    x, y = _batch(model, n=2)
+    spec = _spec(run=["apgd_ce"], eps=1, n_iter=1)
+
+    def dynamic_warnings(m):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="auto-attack"):
+            run_autoattack(m, x, y, spec)
+        return [r for r in caplog.records if "dynamic defense" in r.getMessage()]
+
+    assert dynamic_warnings(Differentiating(model))
+    assert not dynamic_warnings(model)
+
+
 def test_digest_lets_each_kind_of_message_through_once_and_counts_it(caplog):
     digest = MessageDigest()
     logger = logging.getLogger("auto-attack")

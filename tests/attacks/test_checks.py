@@ -81,6 +81,10 @@ def test_clipure_cos_as_released_raises_masking_flags_with_the_fix(cos, caplog):
         record(module, findings)
     text = caplog.text
     assert "weak_grad/aa_clipure" in text and "attack.grad_mode=full or bpda_identity" in text
+    # The console gets one line per flag; the full message goes to the log file only (the summary prints it).
+    console = [r.getMessage() for r in caplog.records if getattr(r, "console", True)]
+    assert "masking flag raised: weak_grad/aa_clipure (explained in the summary)" in console
+    assert not any("attack.grad_mode=full" in line for line in console)
     assert module.flags["weak_grad/aa_clipure"] and not module.flags["weak_grad/aa_clipure@full"]
 
 
@@ -117,6 +121,53 @@ def test_random_without_eot_and_zero_gradients():
     assert "random_without_eot/apgd_ce" in raised and "random_without_eot/aa_clipure@eot" not in raised
     dead = classifier_from_model(Detached())
     assert "zero_grad/apgd_ce" in _raised(first_batch_checks(dead, ViewCache(dead), _specs("apgd_ce"), x, y))
+
+
+class Saturated(nn.Module):
+    """Logit scale 100 on a linear score: a bright image scores class 0 so far above the others that its softmax is
+    exactly 1.0 in float32 (cross-entropy gradient exactly zero), a dark one scores every class alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10, bias=False))
+        with torch.no_grad():
+            self.net[1].weight.zero_()
+            self.net[1].weight[0] = 0.01
+
+    def forward(self, x):
+        return 100 * self.net(x)
+
+
+class DetachPixels(Purifier):
+    space = Space.pixel
+
+    def forward(self, x, *, generator=None):
+        return x.detach()
+
+
+def test_zero_grad_is_not_raised_for_a_saturated_softmax_of_an_undefended_model():
+    from clipure_lit.attacks.checks import input_grad_norms
+
+    x, y = torch.stack([torch.ones(3, 8, 8), torch.full((3, 8, 8), 0.1)]), torch.tensor([0, 0])
+    plain = classifier_from_model(Saturated())
+    assert float(plain(x[:1]).softmax(-1)[0, 0]) == 1.0
+    assert input_grad_norms(plain, x, y)[0] == 0  # the situation: cross-entropy gradient exactly zero
+    findings = first_batch_checks(plain, ViewCache(plain), _specs("apgd_ce"), x, y)
+    assert "zero_grad/apgd_ce" not in _raised(findings)
+
+
+def test_zero_grad_is_raised_when_the_logits_do_not_move_and_names_the_right_fix():
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+
+    def zero_grad(classifier):
+        (found,) = [f for f in first_batch_checks(classifier, ViewCache(classifier), _specs("apgd_ce"), x, y)
+                    if f.flag == "zero_grad/apgd_ce"]
+        return found
+
+    purified = zero_grad(classifier_from_model(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), pixel=DetachPixels()))
+    assert purified.raised and "attack.grad_mode=full or bpda_identity" in purified.message
+    model = zero_grad(classifier_from_model(Detached()))
+    assert model.raised and "no purifier" in model.message and "attack.grad_mode=full" not in model.message
 
 
 def _entry(correct, total=100):

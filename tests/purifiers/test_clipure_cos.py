@@ -198,16 +198,18 @@ def test_diagnostics(anchor):
 
 
 def test_batch_size_warning_once(anchor, caplog):
+    """The evaluation's batches are checked (the test loop calls check_evaluation_batch), not every forward."""
     p = purifier(anchor, batch_size=2)
     z = F.normalize(torch.randn(3, D), dim=-1)
-    with caplog.at_level(logging.WARNING, logger="clipure_lit.purifiers.ascent"):
-        p(z)
-        p(z)
-        p(z[:2])
+    with caplog.at_level(logging.WARNING, logger="clipure_lit.purifiers"):
+        p(z[:1])  # a forward at another batch size (a check, an attack's sub-batch) does not warn
+        p.check_evaluation_batch(3, 3)
+        p.check_evaluation_batch(3, 3)
+        p.check_evaluation_batch(2, 2)
     assert sum("purifier.clipure_cos.batch_size=2" in r.getMessage() for r in caplog.records) == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="clipure_lit.purifiers.ascent"):
-        purifier(anchor, batch_size=2, norm_scope=NormScope.sample)(z)  # not coupled: nothing to warn about
+    with caplog.at_level(logging.WARNING, logger="clipure_lit.purifiers"):
+        purifier(anchor, batch_size=2, norm_scope=NormScope.sample).check_evaluation_batch(3, 3)  # not coupled
     assert not caplog.records
 
 

@@ -57,7 +57,7 @@ def _clean_env() -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 @needs_shared_cifar
-def test_two_processes_and_two_nodes_count_each_sample_once_and_match_one_process(tmp_path):
+def test_two_processes_and_two_nodes_count_each_sample_once_and_match_one_process(tmp_path, capfd):
     args = [a for a in tiny_args(tmp_path, *ARGS) if not a.startswith("run_dir=")] + [f"output_root={tmp_path / 'runs'}"]
     launches = _launch_environments(_free_port(), _free_port())
     procs = {}
@@ -68,7 +68,15 @@ def test_two_processes_and_two_nodes_count_each_sample_once_and_match_one_proces
                                                      env={**_clean_env(), **extra}, stdout=log, stderr=subprocess.STDOUT)
     # Meanwhile, in this process: one process (the reference), and two spawned CPU processes (ddp_spawn under pytest).
     one = eval_script.main(tiny_args(tmp_path / "one", *ARGS))
-    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu"))
+    capfd.readouterr()
+    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu", "trainer.enable_progress_bar=true"))
+    # Rank 0's progress shows global numbers (2 processes x 2 batches of 2), the end shows the summary's; the
+    # spawned processes print no Lightning set-up lines or upstream warnings, and log into the run folder.
+    err = capfd.readouterr().err
+    assert "tiny: 7/7 samples (batch 2/2)" in err and "Tip" not in err and "Initializing distributed" not in err
+    log = (tmp_path / "two" / "run" / "log.txt").read_text()
+    assert f"clean {two['clean']['correct']}/7 " in log.split("tiny: done in")[1]
+    assert (tmp_path / "two" / "run" / "log.rank1.txt").is_file()
     codes = {key: proc.wait(timeout=400) for key, proc in procs.items()}
     logs = {key: (tmp_path / f"{key[0]}-{key[1]}.log").read_text() for key in procs}
     assert codes == {key: 0 for key in procs}, {k: logs[k][-2000:] for k, c in codes.items() if c}
