@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-fast bench gpu-check gallery clean
+.PHONY: install run test test-slow test-fast bench gpu-check gallery clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ install: $(STAMP)
 run: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) eval.py experiment=demo $(ARGS)
 
-## The default test suite (no downloads, no GPU), after the import-layer contracts of pyproject.toml ([tool.importlinter]).
+## The default test suite (no downloads, no GPU; about 4 minutes on 2 CPU cores), after the import-layer contracts of
+## pyproject.toml ([tool.importlinter]). The slow tier (multi-process runs, sweeps killed and resumed, every backbone
+## family, pyautoattack parity; about 3 more minutes) is `make test-slow`; CI runs both.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)
 
 ## The inner loop: unit and contract tests, no whole jobs (under a minute on 2 CPU cores).
 test-fast: $(STAMP)

@@ -83,6 +83,7 @@ def _processes_mentioning(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # about a minute: the default suite stays under 5 minutes; `make test-slow` (and CI) runs it
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find leftover processes")
 @pytest.mark.timeout(600)
 @needs_shared_cifar
