@@ -1,6 +1,6 @@
 """Adding a purifier takes its module, its YAML file and one import line: the README's ``mean_blur`` example,
 written into a temporary package, composes from its YAML, validates its keys, and is then covered by the
-registry-parametrised contract tests without editing them. Runs in subprocesses so this session's registry stays
+registry-parametrised contract tests without editing them. Runs in subprocesses so this test process's registry stays
 as shipped."""
 
 from __future__ import annotations
