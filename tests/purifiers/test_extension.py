@@ -82,6 +82,7 @@ def test_registry_parametrised_contract_tests_cover_the_new_purifier(plugin):
     assert re.search(r"\b2 passed\b", done.stdout), done.stdout[-2000:]  # contract + gradient-mode views
 
 
+@pytest.mark.slow  # a whole eval.py run in a subprocess; the contract tests above already cover the purifier
 @needs_shared_cifar
 def test_readme_purifier_runs_through_eval_with_an_attack(plugin, tmp_path):
     package, _ = plugin

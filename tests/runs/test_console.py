@@ -44,6 +44,7 @@ def _check(out: str, run, logger: str) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a fresh eval.py process with W&B next to an in-process run: about 15 s
 @pytest.mark.timeout(300)
 @needs_shared_cifar
 def test_a_small_evaluation_prints_progress_and_summary_only_with_wandb_and_csv(tmp_path, capfd):

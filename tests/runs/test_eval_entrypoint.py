@@ -107,8 +107,8 @@ def test_main_job_and_tests_share_one_code_path(monkeypatch, tmp_path):
     readme = (PROJECT_ROOT / "README.md").read_text()
     commands = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)
     assert commands and commands[0].strip() == "make run" and commands[1].strip() == "make test"
-    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
-    assert ci.strip().splitlines()[-1] == "make test"
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-2:] == ["make test", "make test-slow"]  # the README's test command, then its slow tier
     import clipure_lit.evaluation as evaluation
 
     seen = {}
