@@ -62,6 +62,16 @@ def tiny_clip():
     return load_backbone(tiny_cfg().clip)
 
 
+def tiny_sweep_yaml(**values: list) -> str:
+    """A W&B grid sweep file over ``values`` (dotted key -> values; pass them as ``**{"clip.init_seed": [0, 1]}``)
+    whose runs are ``eval.py experiment=tiny`` plus the swept arguments."""
+    parameters = "".join(f"  {key}: {{values: [{', '.join(map(str, vals))}]}}\n" for key, vals in values.items())
+    return ("name: tiny_sweep\nprogram: eval.py\nmethod: grid\n"
+            "metric: {name: test/robust_acc/worst_case, goal: maximize}\n"
+            f"parameters:\n{parameters}"
+            "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - experiment=tiny\n  - ${args_no_hyphens}\n")
+
+
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     """Arguments of the tiny experiment, writing only under ``tmp_path``."""
     return ["experiment=tiny", "logger=none", f"run_dir={tmp_path / 'run'}", f"prompts.cache_dir={tmp_path / 'text_cache'}",

@@ -15,24 +15,11 @@ from clipure_lit.errors import ConfigError
 from clipure_lit.sweeping.plan import (check_extra_args, expand, load_sweep, program_args, schema_violations,
                                        select_runs)
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, tiny_sweep_yaml
 
 SWEEP_FILES = sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))
 
-TINY = """name: tiny_sweep
-program: eval.py
-method: grid
-metric: {name: test/robust_acc/worst_case, goal: maximize}
-parameters:
-  clip.init_seed: {values: [0, 1]}
-  data.num_samples: {values: [4, 6]}
-command:
-  - ${env}
-  - ${interpreter}
-  - ${program}
-  - experiment=tiny
-  - ${args_no_hyphens}
-"""
+TINY = tiny_sweep_yaml(**{"clip.init_seed": [0, 1], "data.num_samples": [4, 6]})
 
 
 @pytest.fixture

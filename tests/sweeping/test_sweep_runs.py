@@ -21,23 +21,11 @@ import report as report_script
 import sweep as sweep_script
 from clipure_lit.sweeping.job import read_pid
 
-from conftest import PROJECT_ROOT, needs_shared_cifar
+from conftest import PROJECT_ROOT, needs_shared_cifar, tiny_sweep_yaml
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
-SWEEP = """name: tiny_sweep
-program: eval.py
-method: grid
-metric: {name: test/robust_acc/worst_case, goal: maximize}
-parameters:
-  clip.init_seed: {values: [0, 1]}
-command:
-  - ${env}
-  - ${interpreter}
-  - ${program}
-  - experiment=tiny
-  - ${args_no_hyphens}
-"""
+SWEEP = tiny_sweep_yaml(**{"clip.init_seed": [0, 1]})
 # 24 batches of an attack (a few seconds): long enough to be stopped in the middle, even on an idle machine.
 RUN_ARGS = ["data.num_samples=48", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1",
             "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
