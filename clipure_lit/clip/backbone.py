@@ -90,8 +90,9 @@ def apply_released_mixed_precision(model: nn.Module) -> None:
             param.data = param.data.half()
 
 
-def read_model_config(cfg: ClipCfg) -> dict:
-    """The JSON of ``cfg.model_config`` (its file stem must equal ``cfg.arch``); a malformed file is a ConfigError."""
+def read_model_config(cfg: ClipCfg) -> tuple[Path, dict]:
+    """``(path, JSON)`` of ``cfg.model_config`` (its file stem must equal ``cfg.arch``); a malformed file is a
+    ConfigError."""
     path = resolve_path(cfg.model_config, "open_clip model config (clip.model_config)")
     if path.stem != cfg.arch:
         raise ConfigError(
@@ -106,7 +107,7 @@ def read_model_config(cfg: ClipCfg) -> dict:
     if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
         raise ConfigError(f"clip.model_config='{cfg.model_config}' must be an open_clip model config: a JSON object with "
                           "embed_dim, vision_cfg and text_cfg (see open_clip/model_configs/*.json).")
-    return config
+    return path, config
 
 
 def register_model_config(cfg: ClipCfg) -> None:
@@ -117,8 +118,7 @@ def register_model_config(cfg: ClipCfg) -> None:
 
     if cfg.model_config is None:
         return
-    config = read_model_config(cfg)
-    path = resolve_path(cfg.model_config, "open_clip model config (clip.model_config)")
+    path, config = read_model_config(cfg)
     if "preprocess_cfg" in config:
         folder = Path(tempfile.mkdtemp(prefix="clipure_lit_model_config_"))
         path = folder / f"{cfg.arch}.json"
@@ -137,7 +137,7 @@ def resolve_normalisation(cfg: ClipCfg) -> tuple[list[float], list[float], str]:
     if cfg.mean is not None and cfg.std is not None:
         return list(cfg.mean), list(cfg.std), "clip.mean/clip.std"
     if cfg.model_config is not None:
-        pp = read_model_config(cfg).get("preprocess_cfg") or {}
+        pp = read_model_config(cfg)[1].get("preprocess_cfg") or {}
         if "mean" in pp and "std" in pp:
             return [float(v) for v in pp["mean"]], [float(v) for v in pp["std"]], f"preprocess_cfg of {cfg.model_config}"
     pretrained = cfg.pretrained
