@@ -127,6 +127,9 @@ class AdvTrainCfg:
     # Inner PGD steps and step size (units of 1/255).
     pgd_steps: int = 10
     pgd_step_size: float = 1.0
+    # Validation under attack (monitoring only): PGD steps on the validation images at the same eps, step eps/4, random
+    # start; logged as val/robust_acc. 0 = clean accuracy only.
+    val_pgd_steps: int = 0
     # Names of trainable parameters: prefixes of the open_clip state-dict keys ("visual." = the whole image tower).
     trainable: List[str] = field(default_factory=lambda: ["visual."])
     # TeCoA: templates of the zero-shot head whose cross-entropy is minimised on adversarial images.
@@ -224,8 +227,9 @@ def validate_train_config(cfg: DictConfig) -> None:
                           f"0 <= val_t_min <= val_t_max < prior_train.prior.timesteps={pt.prior.timesteps}.")
     if cfg.job in ("fare", "tecoa"):
         adv = cfg.adv_train
-        if adv.eps < 0 or adv.pgd_steps < 0 or adv.pgd_step_size <= 0 or not adv.trainable:
-            raise ConfigError("adv_train: need eps >= 0, pgd_steps >= 0, pgd_step_size > 0 and at least one trainable prefix.")
+        if adv.eps < 0 or adv.pgd_steps < 0 or adv.val_pgd_steps < 0 or adv.pgd_step_size <= 0 or not adv.trainable:
+            raise ConfigError("adv_train: need eps >= 0, pgd_steps >= 0, val_pgd_steps >= 0, pgd_step_size > 0 and at least one "
+                              "trainable prefix.")
         if cfg.clip.pretrained is None:
             raise ConfigError(f"job={cfg.job} fine-tunes a trained CLIP, but clip.pretrained is null (random weights). "
                               "Fix: set clip=<a trained model>, e.g. clip=cifar10_small.")

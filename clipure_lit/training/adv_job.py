@@ -116,16 +116,28 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch[0], batch[1]
         self.collect_validation(self.backbone.encode_image(x), y)
+        steps = int(self.at.val_pgd_steps)
+        if steps:
+            # TeCoA's objective on the zero-shot head for both jobs: what val/robust_acc measures is classification.
+            head = lambda xp: F.cross_entropy(F.normalize(self.features(xp), dim=-1) @ self.class_emb, y)  # noqa: E731
+            gen = torch.Generator(device=x.device).manual_seed(int(self.cfg.seed) * 1000 + batch_idx)
+            x_adv = pgd_linf(head, x, self.at.eps / 255, steps, self.at.eps / 4 / 255, generator=gen)
+            z_adv = F.normalize(self.features(x_adv), dim=-1)
+            self.__dict__.setdefault("_val_robust", []).append(((z_adv @ self.class_emb).argmax(1) == y).cpu())
 
     def on_validation_epoch_end(self) -> None:
         collected = self.take_validation()
+        robust = self.__dict__.pop("_val_robust", [])
         if collected is None:
             return
         z, y = collected
         acc = float(((z @ self.class_emb.cpu()).argmax(1) == y).float().mean())
         self.last_val = {"clean_acc": acc}
         self.log("val/clean_acc", acc)
-        log.info("step %d: val clean acc %.4f", self.global_step, acc)
+        if robust:
+            self.last_val["robust_acc"] = float(torch.cat(robust).float().mean())
+            self.log("val/robust_acc", self.last_val["robust_acc"])
+        log.info("step %d: val %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
 
     def export(self, path: Path) -> Path:
         meta = {"job": self.kind, "arch": self.cfg.clip.arch, "base": str(self.cfg.clip.pretrained),
@@ -138,7 +150,8 @@ def run_adv(cfg, run_dir: Path, logger) -> dict:
     classnames, dm, has_val = training_inputs(cfg, cfg.adv_train.image_cache_dir)
     backbone, tokenizer = load_backbone(cfg.clip)
     module = AdvTrainModule(cfg, backbone, tokenizer, classnames, run_dir=run_dir)
-    trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val)
+    trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val,
+                                val_needs_grad=cfg.adv_train.val_pgd_steps > 0)
     start = time.perf_counter()
     with attention_kernel(cfg.fit.sdpa_math):
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)

@@ -142,9 +142,10 @@ def resolve_resume(cfg, run_dir: Path) -> str | None:
     return str(path)
 
 
-def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool):
+def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool, val_needs_grad: bool = False):
     """A ``pl.Trainer`` from ``cfg.trainer`` (devices) and ``cfg.fit`` (loop), checkpointing every
-    ``fit.ckpt_every_n_steps`` steps to ``<run_dir>/checkpoints/last.ckpt``."""
+    ``fit.ckpt_every_n_steps`` steps to ``<run_dir>/checkpoints/last.ckpt``. ``val_needs_grad``: validation
+    computes input gradients (an attack), so it runs under ``no_grad`` instead of ``inference_mode``."""
     fit, t = cfg.fit, cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / CKPT_DIR), filename="step{step}", auto_insert_metric_name=False,
                            every_n_train_steps=int(fit.ckpt_every_n_steps), save_top_k=1, save_last=True)
@@ -153,7 +154,8 @@ def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool
                   enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, precision=fit.precision,
                   max_epochs=fit.max_epochs if fit.max_epochs is not None else -1, max_steps=fit.max_steps,
                   max_time=fit.max_time, log_every_n_steps=fit.log_every_n_steps, num_sanity_val_steps=0,
-                  gradient_clip_val=fit.gradient_clip_val, deterministic=False, use_distributed_sampler=True)
+                  gradient_clip_val=fit.gradient_clip_val, deterministic=False, use_distributed_sampler=True,
+                  inference_mode=not val_needs_grad)
     if not has_val or fit.val_every_n_steps == 0:
         kwargs["limit_val_batches"] = 0
     elif fit.val_every_n_steps is not None:

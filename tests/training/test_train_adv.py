@@ -56,6 +56,8 @@ def test_fare_and_tecoa_jobs_export_weights_eval_loads(tmp_path):
             "adv_train.pgd_steps=1", "fit.max_steps=1", "fit.time_budget_min=null", "fit.val_every_n_steps=1",
             "fit.ckpt_every_n_steps=1", "trainer.num_threads=null"])
         assert metrics["global_step"] == 1 and "val/clean_acc" in metrics
+        # The recipes validate under attack too (PGD in the validation loop needs gradients: no inference mode).
+        assert 0.0 <= metrics["val/robust_acc"] <= 1.0
     tuned = eval_script.main([*TINY_CLIP, f"clip.pretrained={metrics['export']}", "data=cifar10_jpeg_shared",
                               f"data.root={CIFAR_TEST}", "data.num_samples=8", "logger=none", f"run_dir={tmp_path / 'eval'}",
                               f"prompts.cache_dir={tmp_path / 'text'}", "trainer.enable_progress_bar=false"])
