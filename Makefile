@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-slow test-fast bench gpu-check gallery clean
+.PHONY: install run test test-slow test-fast bench gpu-check gallery findings findings-recompute clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ gpu-check: $(STAMP)
 ## Redraw docs/gallery/: every plot the project draws, from seeded synthetic runs (a few seconds).
 gallery: $(STAMP)
 	$(PY) scripts/make_gallery.py
+
+## The findings document: docs/findings.md and docs/findings/*.png from the committed runs in findings/runs (seconds;
+## byte for byte what is committed). findings-recompute runs every study again into runs/findings (resumable; about
+## 75 minutes on 2 CPU cores) and writes runs/findings/findings.md from those runs.
+findings: $(STAMP)
+	$(PY) report.py --findings
+
+findings-recompute: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) report.py --findings --recompute
 
 clean:
 	rm -rf $(VENV) runs wandb .pytest_cache

@@ -1,27 +1,100 @@
-"""Ablation report of a group of runs: table (CSV, Markdown), plots (PNG) and paired McNemar comparisons.
+"""Ablation report of a group of runs: table (CSV, Markdown), plots (PNG) and paired McNemar comparisons; or the
+findings document (docs/findings.md) made from the committed runs of findings/studies.yaml.
 
     python report.py runs/sweeps/cos_step_size_x_steps            # a sweep folder
     python report.py runs/a runs/b --out runs/a_vs_b --baseline a  # any run folders; compare against run 'a'
+
+    python report.py --findings                      # docs/findings.md + docs/findings/*.png from findings/runs (seconds)
+    python report.py --findings --check              # exit 1 when docs/findings.md is not what the committed runs give
+    python report.py --findings --recompute          # run every study into runs/findings (resumable), then write
+                                                     # runs/findings/findings.md from those runs
+    python report.py --findings --recompute --study epsilon          # one study
+    python report.py --findings --runs runs/findings --freeze --overwrite   # replace the committed runs with them
+
+Exit status: 0 on success; 1 when --check finds a difference or a recomputed run failed; 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
+import tempfile
+from pathlib import Path
+
+STUDIES = Path("findings/studies.yaml")
+COMMITTED_RUNS = Path("findings/runs")
+DOC = Path("docs/findings.md")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _findings(args) -> int:
+    from clipure_lit.reporting.findings import load_findings, render_findings
+
+    findings = load_findings(args.studies)
+    if args.recompute:
+        from clipure_lit.sweeping.findings_runs import recompute
+
+        runs = Path(args.runs or "runs/findings")
+        if runs.resolve() == COMMITTED_RUNS.resolve():
+            from clipure_lit.errors import ConfigError
+
+            raise ConfigError(f"--recompute writes run folders, and --runs {runs} holds the committed ones. Fix: recompute "
+                              "into another folder (default runs/findings), then --freeze --overwrite to replace them.")
+        results = recompute(findings, runs, args.study)
+        if any(r.failed or r.stopped_by is not None for _, r in results):
+            bad = [name for name, r in results if r.failed or r.stopped_by is not None]
+            print(f"findings: part(s) {bad} failed or were stopped; the same command resumes.", file=sys.stderr)
+            return 1
+        if args.study:
+            print(f"findings: studies {args.study} done in {runs}; run without --study for the document.")
+            return 0
+    runs = Path(args.runs or (COMMITTED_RUNS if not args.recompute else "runs/findings"))
+    if args.freeze:
+        from clipure_lit.sweeping.findings_runs import freeze
+
+        count = freeze(findings, runs, COMMITTED_RUNS, overwrite=args.overwrite)
+        print(f"findings: {count} runs copied into {COMMITTED_RUNS}; now `make findings` rewrites {DOC}.")
+        return 0
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = render_findings(findings, runs, Path(tmp) / DOC.name, Path(tmp) / "findings")
+            new, old = made.read_text(), DOC.read_text() if DOC.is_file() else ""
+        if new == old:
+            print(f"findings: {DOC} is what {runs} gives, byte for byte.")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(DOC), "regenerated"))
+        return 1
+    out = Path(args.out) if args.out else (DOC if runs.resolve() == COMMITTED_RUNS.resolve() else runs / DOC.name)
+    made = render_findings(findings, runs, out, out.parent / "findings")
+    print(f"findings: wrote {made} and its plots in {out.parent / 'findings'} from the runs in {runs}.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> dict | int:
     from clipure_lit.errors import ClipureError
     from clipure_lit.reporting import build_report, format_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="folders searched (recursively) for finished runs")
-    parser.add_argument("--out", help="report folder (default: the first path)")
+    parser.add_argument("paths", nargs="*", help="folders searched (recursively) for finished runs")
+    parser.add_argument("--out", help="report folder (default: the first path); with --findings, the Markdown file")
     parser.add_argument("--baseline", help="run folder name or path the paired comparisons are made against (default: the first run)")
+    findings = parser.add_argument_group("findings document")
+    findings.add_argument("--findings", action="store_true", help=f"write {DOC} from the runs of {STUDIES}")
+    findings.add_argument("--studies", default=str(STUDIES), help=f"study file (default {STUDIES})")
+    findings.add_argument("--runs", help=f"folder of the studies' runs (default {COMMITTED_RUNS}; with --recompute runs/findings)")
+    findings.add_argument("--recompute", action="store_true", help="run (or resume) every study's runs first")
+    findings.add_argument("--study", action="append", help="with --recompute: only this study (repeatable)")
+    findings.add_argument("--check", action="store_true", help=f"compare {DOC} with what the runs give; exit 1 if it differs")
+    findings.add_argument("--freeze", action="store_true", help=f"copy the runs' config.yaml/results.json/samples.csv into {COMMITTED_RUNS}")
+    findings.add_argument("--overwrite", action="store_true", help="with --freeze: replace the committed runs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.findings:
+            return _findings(args)
+        if not args.paths:
+            parser.error("give run folders, or --findings")
         summary = build_report(args.paths, args.out, args.baseline)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -31,4 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    if isinstance(result, int):
+        raise SystemExit(result)

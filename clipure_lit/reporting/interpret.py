@@ -12,20 +12,25 @@ def _is_undefended(results: dict) -> bool:
 
 
 def explain(results: dict, undefended_robust: float | None = None) -> str:
-    """What a row means. ``undefended_robust``: worst-case robust accuracy of plain CLIP on the same samples."""
+    """What a row means. ``undefended_robust``: worst-case robust accuracy of plain CLIP on the same samples (None for
+    the baseline row itself). A row without purifier that is not the baseline is a backbone robust by itself (an
+    adversarially fine-tuned CLIP): its robustness is the backbone's, and no gradient can be masked."""
     clean = results["clean"]["acc"]
     robust = results.get("robust", {})
     if not robust:
         return f"Clean accuracy {pct(clean, unit='%')}; no attack was run."
     worst = robust["worst_case"]["acc"]
     flags = {k for k, v in results.get("flags", {}).items() if v}
-    if _is_undefended(results):
+    if _is_undefended(results) and undefended_robust is None:
         return (f"Undefended CLIP: {pct(worst, unit='%')} robust ({pct(clean, unit='%')} clean): the baseline every defence "
                 "is measured against.")
     masked = sorted({f.split("/", 1)[1] for f in flags if f.startswith(_MASKING_FLAGS)})
     per_attack = {name: entry["acc"] for name, entry in robust.items() if name != "worst_case"}
     parts = []
-    if masked:
+    if _is_undefended(results):
+        parts.append(f"no purifier, so nothing can mask the gradient: this backbone keeps {pct(worst, unit='%')} "
+                     f"({pct(clean, unit='%')} clean) under the worst case of every attack run here")
+    elif masked:
         shown = max(per_attack.get(a, 0.0) for a in masked)
         strongest = min(per_attack, key=per_attack.get)
         if shown - worst >= 0.05:

@@ -137,3 +137,16 @@ def test_explain_calls_masking_what_it_is():
                "flags": {"weak_grad/aa@purifier": 1.0}}
     text = explain(results, undefended_robust=0.02)
     assert "gradient masking, not robustness" in text and "85.0%" in text and "5.0%" in text and "+3.0 points" in text
+
+
+def test_explain_tells_a_robust_backbone_from_the_undefended_baseline():
+    from clipure_lit.reporting import explain
+
+    entry = lambda acc: {"acc": acc, "ci95": [0, 1], "correct": 0, "total": 10}  # noqa: E731
+    plain = [{"class": "IdentityPurifier"}, {"class": "IdentityPurifier"}]
+    baseline = {"clean": entry(0.7), "purifiers": plain, "robust": {"aa": entry(0.0), "worst_case": entry(0.0)}, "flags": {}}
+    robust = {"clean": entry(0.6), "purifiers": plain, "robust": {"aa": entry(0.3), "square": entry(0.4), "worst_case": entry(0.3)},
+              "flags": {}}
+    assert explain(baseline).startswith("Undefended CLIP: 0.0% robust")
+    text = explain(robust, undefended_robust=0.0)
+    assert "Undefended" not in text and "nothing can mask the gradient" in text and "30.0%" in text and "+30.0 points" in text

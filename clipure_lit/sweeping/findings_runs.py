@@ -1,0 +1,80 @@
+"""Compute the runs behind the findings document, and keep the files the document is made from.
+
+``recompute`` runs every part of every study (``findings/studies.yaml``) as a sweep into
+``<runs root>/<study>/<part>/`` with the same launcher as ``sweep.py``: running it again resumes (finished runs are
+skipped, interrupted ones continue, runs whose config changed run again). ``freeze`` copies, from each finished run,
+the three files the document reads (``config.yaml``, ``results.json``, ``samples.csv``) into a folder meant to be
+committed; it refuses to replace an existing copy unless asked to.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.reporting.findings import COMMITTED_FILES, Findings
+from clipure_lit.sweeping.launcher import SweepOptions, SweepResult, run_sweep
+from clipure_lit.sweeping.plan import load_sweep
+
+log = logging.getLogger(__name__)
+
+
+def recompute(findings: Findings, runs_root: str | Path, studies: list[str] | None = None,
+              opts: SweepOptions | None = None) -> list[tuple[str, SweepResult]]:
+    """Run (or resume) the parts of ``studies`` (default: all). Every part's sweep file and arguments are checked
+    before the first run starts. Stops at the first part that fails or is interrupted."""
+    known = [s.name for s in findings.studies]
+    unknown = sorted(set(studies or []) - set(known))
+    if unknown:
+        raise ConfigError(f"--study {unknown}: no such study in {findings.source}; studies: {known}.")
+    chosen = [s for s in findings.studies if not studies or s.name in studies]
+    opts = opts or SweepOptions(wandb="off")
+    plans = [(s, p, load_sweep(p.sweep)) for s in chosen for p in s.parts]
+    # Every part is checked (composed and validated as eval.py would) before any of them runs.
+    for study, part, spec in plans:
+        run_sweep(spec, Path(runs_root) / study.name / part.name, [*findings.common, *part.args],
+                  SweepOptions(**{**opts.__dict__, "dry_run": True}))
+    results = []
+    for study, part, spec in plans:
+        log.info("findings: study %s, part %s", study.name, part.name)
+        result = run_sweep(spec, Path(runs_root) / study.name / part.name, [*findings.common, *part.args], opts)
+        results.append((f"{study.name}/{part.name}", result))
+        if result.stopped_by is not None or result.failed:
+            break
+    return results
+
+
+def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrite: bool = False) -> int:
+    """Copy ``config.yaml``, ``results.json`` and ``samples.csv`` of every finished run of every part into
+    ``dest/<study>/<part>/<run>/``. Returns the number of runs copied."""
+    runs_root, dest = Path(runs_root), Path(dest)
+    if runs_root.resolve() == dest.resolve():
+        raise ConfigError(f"--freeze: the runs ({runs_root}) and the destination are the same folder.")
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise ConfigError(f"--freeze would replace the committed runs in '{dest}'. Fix: add --overwrite to replace them "
+                          "(the document is then made from the new runs), or choose another destination.")
+    copied, missing = [], []
+    for study in findings.studies:
+        for part in study.parts:
+            folder = runs_root / study.name / part.name
+            for results in sorted(folder.glob("run-*/results.json")):
+                run = results.parent
+                if not all((run / f).is_file() for f in COMMITTED_FILES):
+                    missing.append(str(run))
+                    continue
+                copied.append((run, dest / study.name / part.name / run.name))
+            if not any(folder.glob("run-*/results.json")):
+                missing.append(str(folder))
+    if missing:
+        raise DataNotFoundError(f"--freeze: unfinished runs or parts: {missing[:5]}{' ...' if len(missing) > 5 else ''}. "
+                                "Fix: finish them first (`python report.py --findings --recompute`).")
+    if dest.exists() and overwrite:
+        shutil.rmtree(dest)
+    for src, target in copied:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in COMMITTED_FILES:
+            shutil.copyfile(src / name, target / name)
+    log.info("froze %d runs into %s", len(copied), dest)
+    return len(copied)
