@@ -17,7 +17,7 @@ from clipure_lit.sweeping.plan import (check_extra_args, expand, load_sweep, pro
 
 from conftest import PROJECT_ROOT, tiny_sweep_yaml
 
-SWEEP_FILES = sorted((PROJECT_ROOT / "sweeps").glob("*.yaml"))
+SWEEP_FILES = sorted((PROJECT_ROOT / "sweeps").rglob("*.yaml"))  # findings/ included
 
 TINY = tiny_sweep_yaml(**{"clip.init_seed": [0, 1], "data.num_samples": [4, 6]})
 
@@ -35,7 +35,7 @@ def test_the_required_sweeps_ship():
             "purifier_comparison", "cos_random_search"} <= names
 
 
-@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.relative_to(PROJECT_ROOT / "sweeps").as_posix())
 def test_sweep_file_follows_the_wandb_schema_and_every_planned_run_validates(path):
     import yaml
 
