@@ -32,6 +32,11 @@ def _findings(args) -> int:
     from clipure_lit.reporting.findings import load_findings, render_findings
 
     findings = load_findings(args.studies)
+    if args.study and not args.recompute:
+        from clipure_lit.errors import ConfigError
+
+        raise ConfigError("--study selects the studies to recompute and needs --recompute (the document always "
+                          "covers every study).")
     if args.recompute:
         from clipure_lit.sweeping.findings_runs import recompute
 

@@ -72,6 +72,23 @@ def tiny_sweep_yaml(**values: list) -> str:
             "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - experiment=tiny\n  - ${args_no_hyphens}\n")
 
 
+def plain_autoattack(model, eps: float, n_iter: int, n_restarts: int, n_target_classes: int):
+    """What a user would write with pyautoattack alone: APGD-CE + APGD-T (``version="custom"``, seed 0, Linf ``eps``
+    in 1/255) with the iteration count set as pyautoattack derives its schedule from it."""
+    from pyautoattack import AutoAttack
+
+    adversary = AutoAttack(model, norm="Linf", eps=eps / 255, version="custom", attacks=["apgd-ce", "apgd-t"], device="cpu",
+                           seed=0)
+    for apgd in (adversary.apgd, adversary.apgd_targeted):
+        apgd.n_iter = n_iter
+        apgd.n_iter_2 = max(int(0.22 * apgd.n_iter), 1)
+        apgd.n_iter_min = max(int(0.06 * apgd.n_iter), 1)
+        apgd.size_decr = max(int(0.03 * apgd.n_iter), 1)
+    adversary.apgd.n_restarts = n_restarts
+    adversary.apgd_targeted.n_target_classes = n_target_classes
+    return adversary
+
+
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     """Arguments of the tiny experiment, writing only under ``tmp_path``."""
     return ["experiment=tiny", "logger=none", f"run_dir={tmp_path / 'run'}", f"prompts.cache_dir={tmp_path / 'text_cache'}",

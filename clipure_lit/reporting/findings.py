@@ -12,7 +12,9 @@ an attack name of ``results.json`` (``aa_clipure@full``), or ``worst_case``.
 
 Numbers in paragraphs are never typed: ``{{name.metric}}`` is replaced by the accuracy with its 95% Wilson interval
 (``45.0 [35.6, 54.8]``), ``{{name.metric:acc}}`` by the accuracy alone, ``{{name.metric:n}}`` by ``correct/total``,
-where ``name`` is a run reference declared under the study's ``refs``.
+where ``name`` is a run reference declared under the study's ``refs``; ``{{name.checks[<check>]}}`` is the value of
+one masking check of ``results.json`` (``checks``, e.g. ``weak_grad/aa_clipure@purifier``: the attack's gradient
+relative to undefended CLIP), two significant digits.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from clipure_lit.utils.stats import wilson_interval
 
 COMMITTED_FILES = ("config.yaml", "results.json", "samples.csv")
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\.([A-Za-z0-9_@\-]+)(?::(acc|n))?\s*\}\}")
+_CHECK = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\.checks\[([^\]]+)\]\s*\}\}")
 
 
 @dataclass
@@ -295,17 +298,27 @@ def _plot_bars(study: Study, index: RunIndex, path: Path, plt) -> Path:
 
 def render_text(text: str, study: Study, index: RunIndex) -> str:
     """Replace ``{{name.metric[:acc|:n]}}`` with numbers from the runs declared under ``study.refs``."""
-    def substitute(match: re.Match) -> str:
-        name, metric, form = match.groups()
+    def run_of(name: str) -> Run:
         if name not in study.refs:
             raise ConfigError(f"Study '{study.name}': the text refers to '{name}', which is not under its refs "
                               f"({sorted(study.refs)}).")
-        run = index.one(study.refs[name], study)
+        return index.one(study.refs[name], study)
+
+    def substitute(match: re.Match) -> str:
+        name, metric, form = match.groups()
+        run = run_of(name)
         if not has_metric(run, metric):
             raise ConfigError(f"Study '{study.name}': run '{name}' has no metric '{metric}'.")
         return acc_text(run, metric, form)
 
-    return _PLACEHOLDER.sub(substitute, text.strip())
+    def check(match: re.Match) -> str:
+        name, key = match.groups()
+        checks = run_of(name).results.get("checks", {})
+        if key not in checks:
+            raise ConfigError(f"Study '{study.name}': run '{name}' has no check '{key}' (it has {sorted(checks)}).")
+        return f"{checks[key]:.2g}"
+
+    return _PLACEHOLDER.sub(substitute, _CHECK.sub(check, text.strip()))
 
 
 def render_findings(findings: Findings, runs_root: Path, out_md: Path, image_dir: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CIFAR_TEST, needs_shared_cifar
+from conftest import CIFAR_TEST, needs_shared_cifar, plain_autoattack
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
@@ -50,19 +50,9 @@ def _spec():
 
 def _plain_pyautoattack(model, datamodule) -> dict[int, bool]:
     """What a user would write with pyautoattack alone (same batches, seed and settings)."""
-    from pyautoattack import AutoAttack
-
     robust = {}
     for x, y, ids in datamodule.test_dataloader():
-        adversary = AutoAttack(model, norm="Linf", eps=SETTINGS["eps"] / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
-                               device="cpu", seed=0)
-        for apgd in (adversary.apgd, adversary.apgd_targeted):
-            apgd.n_iter = SETTINGS["n_iter"]
-            apgd.n_iter_2 = max(int(0.22 * apgd.n_iter), 1)
-            apgd.n_iter_min = max(int(0.06 * apgd.n_iter), 1)
-            apgd.size_decr = max(int(0.03 * apgd.n_iter), 1)
-        adversary.apgd.n_restarts = SETTINGS["n_restarts"]
-        adversary.apgd_targeted.n_target_classes = SETTINGS["n_target_classes"]
+        adversary = plain_autoattack(model, **SETTINGS)
         _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=BATCH)
         robust.update({int(i): bool(a == b) for i, a, b in zip(ids, y_adv, y)})
     return robust

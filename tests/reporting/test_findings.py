@@ -33,7 +33,8 @@ STUDIES = {
         "baseline": {"ref": {"part": "base"}, "match": ["attack.eps"], "metric": "aa"},
         "refs": {"cos4": {"part": "cos", "where": {"attack.eps": 4}}},
         "plot": {"x": "attack.eps", "series": [{"label": "cos", "part": "cos", "metric": "aa"}]},
-        "text": "At 4/255 CLIPure keeps {{cos4.aa}} ({{cos4.aa:n}}; {{cos4.clean:acc}} clean).",
+        "text": "At 4/255 CLIPure keeps {{cos4.aa}} ({{cos4.aa:n}}; {{cos4.clean:acc}} clean; gradient ratio "
+                "{{cos4.checks[weak_grad/aa]}}).",
     }],
 }
 
@@ -43,6 +44,7 @@ def _runs(root: Path, cos_robust: float = 0.3) -> None:
         table, summary = synthetic_results(40, 0.7, {"aa": 0.1}, seed=0, attack_seed=10 + k)
         write_run(root / "grid" / "base" / f"run-{k:04d}", {"attack": {"eps": eps}}, table, summary)
         table, summary = synthetic_results(40, 0.7, {"aa": cos_robust}, seed=0, attack_seed=20 + k)
+        summary["checks"] = {"weak_grad/aa": 5.9e-9 * (k + 1)}
         write_run(root / "grid" / "cos" / f"run-{k:04d}", {"attack": {"eps": eps}}, table, summary)
 
 
@@ -63,7 +65,7 @@ def test_document_numbers_come_from_the_runs_and_mcnemar_pairs_with_the_same_eps
     import csv
     rows = list(csv.DictReader(open(tmp_path / "runs/grid/cos/run-0001/samples.csv")))
     k = sum(r["adv_pred/aa"] == r["label"] for r in rows)
-    assert f"({k}/40;" in sentence and f"{100 * k / 40:.1f} [" in sentence
+    assert f"({k}/40;" in sentence and f"{100 * k / 40:.1f} [" in sentence and "gradient ratio 1.2e-08)" in sentence
     # The McNemar column: each cos run against the base run with the same eps; base rows show "-".
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| defence | eps | n | clean | AA | AA: vs baseline (p) |")
@@ -91,6 +93,7 @@ def test_rendering_is_byte_for_byte_repeatable(tmp_path):
     (lambda s: s["studies"][0].update(text="{{nope.aa}}"), "refers to 'nope'"),
     (lambda s: s["studies"][0]["refs"].update(cos4={"part": "cos"}), "matches 2 runs, not exactly one"),
     (lambda s: s["studies"][0].update(text="{{cos4.square}}"), "has no metric 'square'"),
+    (lambda s: s["studies"][0].update(text="{{cos4.checks[zero_grad/aa]}}"), "has no check 'zero_grad/aa'"),
     (lambda s: s["studies"][0]["parts"][1].update(name="missing"), "No runs for part 'grid/missing'"),
 ])
 def test_a_bad_study_file_is_refused_naming_what_is_wrong(tmp_path, change, message):
