@@ -127,3 +127,27 @@ def test_report_refuses_to_recompute_into_the_committed_runs(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "holds the committed ones" in done.stderr and "Traceback" not in done.stderr
 
+
+
+def test_committed_document_is_what_the_committed_runs_give():
+    """`make findings` on a clone rewrites docs/findings.md byte for byte from findings/runs."""
+    done = subprocess.run([sys.executable, "report.py", "--findings", "--check"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_readme_quotes_the_committed_positive_control():
+    """The README's robust-CLIP numbers are those of the committed run (a changed run fails this test)."""
+    import json
+
+    from clipure_lit.reporting.format import pct
+
+    readme = (ROOT / "README.md").read_text()
+    for part, bold in (("robust_clip", True), ("undefended", False)):
+        results = json.loads((ROOT / f"findings/runs/positive_control/{part}/run-0000/results.json").read_text())
+        for entry in (results["clean"], results["robust"]["aa_clipure"]):
+            text = pct(entry["acc"], entry["ci95"], unit="%")
+            assert (f"**{text}**" if bold else text) in readme, text
+        if part == "robust_clip":
+            square = results["robust"]["square"]
+            assert pct(square["acc"], square["ci95"], unit="%") in readme
