@@ -11,7 +11,8 @@ findings document (docs/findings.md) made from the committed runs of findings/st
     python report.py --findings --recompute --study epsilon          # one study
     python report.py --findings --runs runs/findings --freeze --overwrite   # replace the committed runs with them
 
-Exit status: 0 on success; 1 when --check finds a difference or a recomputed run failed; 2 for bad input.
+Exit status: 0 on success; 1 when --check finds a difference or a recomputed run failed; 2 for bad input; 130 / 143
+when --recompute was stopped by SIGINT / SIGTERM (the same command resumes).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def _findings(args) -> int:
             raise ConfigError(f"--recompute writes run folders, and --runs {runs} holds the committed ones. Fix: recompute "
                               "into another folder (default runs/findings), then --freeze --overwrite to replace them.")
         results = recompute(findings, runs, args.study)
-        if any(r.failed or r.stopped_by is not None for _, r in results):
-            bad = [name for name, r in results if r.failed or r.stopped_by is not None]
+        stopped = next((r.stopped_by for _, r in results if r.stopped_by is not None), None)
+        bad = [name for name, r in results if r.failed or r.stopped_by is not None]
+        if bad:
             print(f"findings: part(s) {bad} failed or were stopped; the same command resumes.", file=sys.stderr)
-            return 1
+            return 128 + int(stopped) if stopped is not None else 1
         if args.study:
             print(f"findings: studies {args.study} done in {runs}; run without --study for the document.")
             return 0
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict | int:
 
 
 if __name__ == "__main__":
-    result = main()
+    try:
+        result = main()
+    except KeyboardInterrupt:  # Ctrl-C outside the sweep launcher (which stops its runs itself): no traceback
+        print("interrupted; `python report.py --findings --recompute` resumes where the runs stopped", file=sys.stderr)
+        raise SystemExit(130) from None
     if isinstance(result, int):
         raise SystemExit(result)
