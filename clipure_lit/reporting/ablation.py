@@ -15,6 +15,7 @@ import csv
 import logging
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import groupby
 from pathlib import Path
 from typing import Sequence
@@ -37,12 +38,16 @@ class Run:
     results: dict
     config: dict  # flattened {dotted key: value}
 
+    @cached_property
+    def samples(self) -> list[dict]:
+        """The rows of ``samples.csv``, read once per run."""
+        with open(self.path / "samples.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
     def correct(self, metric: str) -> dict[int, bool]:
         """Per-sample correctness for ``metric``: ``clean``, an attack name, or ``worst_case``."""
-        with open(self.path / "samples.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
         out = {}
-        for row in rows:
+        for row in self.samples:
             label = row["label"]
             if metric == "clean":
                 ok = row["clean_pred"] == label
@@ -213,6 +218,19 @@ def _yerr(entries: list[dict]) -> list[list[float]]:
 METRIC_NAMES = {"worst_case": "worst-case robust accuracy", "clean": "clean accuracy"}
 
 
+def compare_paired(base: dict[int, bool], other: dict[int, bool]) -> dict | None:
+    """Two per-sample correctness maps compared on the sample ids they share: ``shared_samples``,
+    ``acc_difference`` (other - base), the discordant counts and the exact McNemar p-value; None when no id is shared."""
+    shared = sorted(set(base) & set(other))
+    if not shared:
+        return None
+    only_base = sum(base[i] and not other[i] for i in shared)
+    only_other = sum(other[i] and not base[i] for i in shared)
+    diff = (sum(other[i] for i in shared) - sum(base[i] for i in shared)) / len(shared)
+    return {"shared_samples": len(shared), "acc_difference": diff, "only_baseline_correct": only_base,
+            "only_run_correct": only_other, "mcnemar_p": mcnemar_exact(only_base, only_other)}
+
+
 def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = "worst_case",
                        labels: dict[Path, str] | None = None) -> list[dict]:
     """Each run against ``baseline`` on their shared sample ids: accuracy difference and the exact McNemar p-value,
@@ -224,16 +242,10 @@ def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = 
         if r is baseline:
             continue
         used = metric if (baseline.results.get("robust") and r.results.get("robust")) else "clean"
-        base, other = baseline.correct(used), r.correct(used)
-        shared = sorted(set(base) & set(other))
-        if not shared:
+        paired = compare_paired(baseline.correct(used), r.correct(used))
+        if paired is None:
             continue
-        only_base = sum(base[i] and not other[i] for i in shared)
-        only_other = sum(other[i] and not base[i] for i in shared)
-        diff = (sum(other[i] for i in shared) - sum(base[i] for i in shared)) / len(shared)
-        rows.append({"run": labels[r.path], "baseline": labels[baseline.path], "metric": used, "shared_samples": len(shared),
-                     "acc_difference": diff, "only_baseline_correct": only_base, "only_run_correct": only_other,
-                     "mcnemar_p": mcnemar_exact(only_base, only_other)})
+        rows.append({"run": labels[r.path], "baseline": labels[baseline.path], "metric": used, **paired})
     if rows:
         with open(out / "paired.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -27,9 +27,8 @@ from typing import Any
 import yaml
 
 from clipure_lit.errors import ConfigError, DataNotFoundError
-from clipure_lit.reporting.ablation import Run, collect_runs
+from clipure_lit.reporting.ablation import Run, collect_runs, compare_paired
 from clipure_lit.reporting.format import pct, points
-from clipure_lit.utils.mcnemar import mcnemar_exact
 from clipure_lit.utils.stats import wilson_interval
 
 COMMITTED_FILES = ("config.yaml", "results.json", "samples.csv")
@@ -172,14 +171,8 @@ def mcnemar(run: Run, metric: str, base: Run, base_metric: str) -> tuple[float, 
     """Accuracy difference (run - baseline), exact McNemar p-value and the number of shared sample ids."""
     if not (has_metric(run, metric) and has_metric(base, base_metric)):
         return None
-    a, b = base.correct(base_metric), run.correct(metric)
-    shared = sorted(set(a) & set(b))
-    if not shared:
-        return None
-    only_base = sum(a[i] and not b[i] for i in shared)
-    only_run = sum(b[i] and not a[i] for i in shared)
-    diff = (sum(b[i] for i in shared) - sum(a[i] for i in shared)) / len(shared)
-    return diff, mcnemar_exact(only_base, only_run), len(shared)
+    paired = compare_paired(base.correct(base_metric), run.correct(metric))
+    return None if paired is None else (paired["acc_difference"], paired["mcnemar_p"], paired["shared_samples"])
 
 
 def _cell(value) -> str:
@@ -246,15 +239,8 @@ def plot_study(study: Study, index: RunIndex, path: Path) -> Path:
         runs = [r for r in runs if has_metric(r, s["metric"])]
         if not runs:
             raise ConfigError(f"Study '{study.name}': plot series '{s.get('label')}' selects no run with metric '{s['metric']}'.")
-        xs, ys, lo, hi = [], [], [], []
-        for r in runs:
-            k, n = metric_counts(r, s["metric"])
-            low, high = wilson_interval(k, n)
-            xs.append(float(r.config[x_key]))
-            ys.append(100 * k / n)
-            lo.append(100 * k / n - 100 * low)
-            hi.append(100 * high - 100 * k / n)
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker=s.get("marker", "o"), ls=s.get("ls", "-"), capsize=3, label=s["label"])
+        ys, yerr = _percent_with_errors([(r, s["metric"]) for r in runs])
+        ax.errorbar([float(r.config[x_key]) for r in runs], ys, yerr=yerr, marker=s.get("marker", "o"), ls=s.get("ls", "-"), capsize=3, label=s["label"])
     if spec.get("log_x"):
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({float(r.config[x_key]) for s in spec["series"] for r in index.select(s, study)}))
@@ -262,32 +248,37 @@ def plot_study(study: Study, index: RunIndex, path: Path) -> Path:
     ax.set_xlabel(spec.get("xlabel", x_key))
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(spec.get("title", study.title) + "\n(bars: 95% Wilson intervals)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return _save(fig, ax, study, path, plt)
 
 
 def _plot_bars(study: Study, index: RunIndex, path: Path, plt) -> Path:
     """Bars: one per entry of ``plot.bars`` (a run reference and a metric), with 95% Wilson intervals."""
+    bars = study.plot["bars"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    labels, ys, lo, hi = [], [], [], []
-    for bar in study.plot["bars"]:
-        run = index.one(bar, study)
-        k, n = metric_counts(run, bar["metric"])
-        low, high = wilson_interval(k, n)
-        labels.append(bar["label"])
-        ys.append(100 * k / n)
-        lo.append(100 * k / n - 100 * low)
-        hi.append(100 * high - 100 * k / n)
-    colors = [bar.get("color", "C0") for bar in study.plot["bars"]]
-    ax.bar(range(len(ys)), ys, yerr=[lo, hi], capsize=4, color=colors)
-    ax.set_xticks(range(len(ys)), labels, rotation=30, ha="right", fontsize=7)
+    ys, yerr = _percent_with_errors([(index.one(bar, study), bar["metric"]) for bar in bars])
+    ax.bar(range(len(ys)), ys, yerr=yerr, capsize=4, color=[bar.get("color", "C0") for bar in bars])
+    ax.set_xticks(range(len(ys)), [bar["label"] for bar in bars], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 102)
+    return _save(fig, ax, study, path, plt)
+
+
+def _percent_with_errors(points: list[tuple[Run, str]]) -> tuple[list[float], list[list[float]]]:
+    """Accuracies in percent of ``(run, metric)`` pairs and matplotlib's asymmetric error bars from their 95% Wilson
+    intervals: ``(ys, [below, above])``."""
+    ys, below, above = [], [], []
+    for run, metric in points:
+        k, n = metric_counts(run, metric)
+        low, high = wilson_interval(k, n)
+        ys.append(100 * k / n)
+        below.append(100 * k / n - 100 * low)
+        above.append(100 * high - 100 * k / n)
+    return ys, [below, above]
+
+
+def _save(fig, ax, study: Study, path: Path, plt) -> Path:
+    """Title (the plot's own, else the study's), layout and a PNG without a timestamp or version in its metadata."""
     ax.set_title(study.plot.get("title", study.title) + "\n(bars: 95% Wilson intervals)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,10 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
             with torch.no_grad():
                 target = self.original.model.encode_image(self.original.preprocess(x)).float()  # f0(x), [B, D]
             return lambda xp: (self.features(xp) - target).square().sum(-1).mean()
-        scale = self.backbone.logit_scale
+        return self.zero_shot_ce(y, self.backbone.logit_scale)
+
+    def zero_shot_ce(self, y: Tensor, scale: float) -> Callable[[Tensor], Tensor]:
+        """``L(x') = CE(scale * normalize(f(x')) C^T, y)`` on the frozen zero-shot head (TeCoA's objective)."""
         return lambda xp: F.cross_entropy(scale * F.normalize(self.features(xp), dim=-1) @ self.class_emb, y)
 
     def attack(self, x: Tensor, y: Tensor) -> Tensor:
@@ -118,8 +121,8 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
         self.collect_validation(self.backbone.encode_image(x), y)
         steps = int(self.at.val_pgd_steps)
         if steps:
-            # TeCoA's objective on the zero-shot head for both jobs: what val/robust_acc measures is classification.
-            head = lambda xp: F.cross_entropy(F.normalize(self.features(xp), dim=-1) @ self.class_emb, y)  # noqa: E731
+            # The zero-shot cross-entropy (unit scale) for both jobs: what val/robust_acc measures is classification.
+            head = self.zero_shot_ce(y, 1.0)
             gen = torch.Generator(device=x.device).manual_seed(int(self.cfg.seed) * 1000 + batch_idx)
             x_adv = pgd_linf(head, x, self.at.eps / 255, steps, self.at.eps / 4 / 255, generator=gen)
             z_adv = F.normalize(self.features(x_adv), dim=-1)
