@@ -9,6 +9,7 @@ committed; it refuses to replace an existing copy unless asked to.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -35,7 +36,7 @@ def recompute(findings: Findings, runs_root: str | Path, studies: list[str] | No
     # Every part is checked (composed and validated as eval.py would) before any of them runs.
     for study, part, spec in plans:
         run_sweep(spec, Path(runs_root) / study.name / part.name, [*findings.common, *part.args],
-                  SweepOptions(**{**opts.__dict__, "dry_run": True}))
+                  dataclasses.replace(opts, dry_run=True))
     results = []
     for study, part, spec in plans:
         log.info("findings: study %s, part %s", study.name, part.name)
@@ -44,6 +45,19 @@ def recompute(findings: Findings, runs_root: str | Path, studies: list[str] | No
         if result.stopped_by is not None or result.failed:
             break
     return results
+
+
+def _portable_run_dir(src: Path, target: Path, runs_root: Path) -> None:
+    """The copies name their run folder relative to the current folder (``runs/findings/...``; else relative to the
+    runs' root), not by the absolute path of the machine that ran them. config.yaml and results.json record it."""
+    src = src.resolve()
+    try:
+        relative = src.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        relative = (Path(runs_root.resolve().name) / src.relative_to(runs_root.resolve())).as_posix()
+    for name in ("config.yaml", "results.json"):
+        path = target / name
+        path.write_text(path.read_text().replace(str(src), relative))
 
 
 def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrite: bool = False) -> int:
@@ -76,5 +90,6 @@ def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrit
         target.mkdir(parents=True, exist_ok=True)
         for name in COMMITTED_FILES:
             shutil.copyfile(src / name, target / name)
+        _portable_run_dir(src, target, runs_root)
     log.info("froze %d runs into %s", len(copied), dest)
     return len(copied)

@@ -116,6 +116,9 @@ def test_freeze_keeps_three_files_per_run_and_never_replaces_unasked(tmp_path):
     assert freeze(findings, tmp_path / "runs", tmp_path / "committed") == 4
     kept = sorted(p.name for p in (tmp_path / "committed/grid/cos/run-0000").iterdir())
     assert kept == sorted(COMMITTED_FILES)
+    # No machine path in what is committed: the run folder is named relative to the runs' root.
+    results = (tmp_path / "committed/grid/cos/run-0000/results.json").read_text()
+    assert str(tmp_path) not in results and '"run_dir": "runs/grid/cos/run-0000"' in results
     with pytest.raises(ConfigError, match="--overwrite"):
         freeze(findings, tmp_path / "runs", tmp_path / "committed")
     assert freeze(findings, tmp_path / "runs", tmp_path / "committed", overwrite=True) == 4
