@@ -21,6 +21,7 @@ def entries(payload: dict, part: str, status: str | None = None) -> list[dict]:
     return [e for e in payload["entries"] if e["part"] == part and (status is None or e["status"] == status)]
 
 
+@pytest.mark.slow  # the whole GPU check at toy sizes (~25 s): in the slow tier, which CI runs after `make test`
 def test_cpu_smoke_runs_every_part_and_writes_both_reports(tmp_path, capfd):
     benchmarks_md = tmp_path / "BENCHMARKS.md"
     benchmarks_md.write_text("# Benchmarks\n\ntable\n")
