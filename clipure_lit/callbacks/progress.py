@@ -8,9 +8,9 @@ line per batch instead (logger ``clipure_lit.callbacks.progress``), so a log fil
 Either way every per-batch line reaches the run's ``log.txt``.
 
 Numbers are global: under DDP every process adds its batch's counts with one small all-reduce per batch and rank 0
-shows them. They count every sample a process evaluated, so a DDP sampler's padding duplicates count twice until
-the end, when the display takes the run's own summary (gathered, de-duplicated) -- in one process the running
-numbers are that summary. Batches finished by a resumed run count as done but enter the running accuracies only
+shows them. They count unique samples: the positions a ``DistributedSampler`` pads with repeated samples (the last
+``total_size - len(dataset)`` of its global order) are left out of every count, so the running numbers, and the
+last line, agree with the run's summary (gathered, de-duplicated by sample id), which the display takes at the end. Batches finished by a resumed run count as done but enter the running accuracies only
 at the end, from the summary.
 
 Needs to come after :class:`~clipure_lit.callbacks.robust_eval.RobustEvalCallback` in the callback list (it reads
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.callbacks import ProgressBar
+from torch.utils.data import DistributedSampler
 
 from clipure_lit.callbacks.robust_eval import RobustEvalCallback
 from clipure_lit.attacks.autoattack import SubAttackStep
@@ -90,7 +91,7 @@ class EvalProgress(ProgressBar):
         self.batches_done = 0
         self.attack_seconds: dict[str, float] = {}
         self.now: dict[str, str] = {}
-        self._batch: dict[str, list[int]] = {}
+        self._hits: dict[str, torch.Tensor] = {}  # this batch: attack -> [B] bool, still correct after it
         self._start = 0.0
         self._progress = None
         self._tasks: dict[str, int] = {}
@@ -126,10 +127,8 @@ class EvalProgress(ProgressBar):
         self.now[name] = step.describe()
         self._refresh(name)
 
-    def attack_finished(self, name: str, correct: int, total: int, seconds: float) -> None:
-        part = self._batch.setdefault(name, [0, 0])
-        part[0] += correct
-        part[1] += total
+    def attack_finished(self, name: str, hits: torch.Tensor, seconds: float) -> None:
+        self._hits[name] = hits
         self.attack_seconds[name] = self.attack_seconds.get(name, 0.0) + seconds
         self.now[name] = ""
 
@@ -154,7 +153,7 @@ class EvalProgress(ProgressBar):
         self.samples_done = self.samples_new = self.batches_done = 0
         self.attack_seconds = {}
         self.now = {}
-        self._batch = {}
+        self._hits = {}
         self.samples_total = self._count_samples(trainer)
         self._start = time.perf_counter()
         if self._enabled and self._wants_live():
@@ -162,13 +161,15 @@ class EvalProgress(ProgressBar):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         _, y, _ = batch
-        n = int(y.numel())
+        real = ~self._padded(trainer, batch_idx, int(y.numel()), y.device)  # [B] bool: not a sampler's repeat
+        n = int(real.sum())
         evaluated = outputs is not None  # None: a batch finished by the run being resumed
-        clean = int((outputs["pred"] == y).sum()) if evaluated else 0
+        clean = int(((outputs["pred"] == y) & real).sum()) if evaluated else 0
         values = [n, n if evaluated else 0, clean, n if evaluated else 0]
         for name in self.attacks:
-            values += self._batch.get(name, [0, 0])
-        self._batch = {}
+            hits = self._hits.get(name)
+            values += [int((hits.to(real.device) & real).sum()), n] if hits is not None else [0, 0]
+        self._hits = {}
         if trainer.world_size > 1:  # collective: every rank takes part, rank 0 shows the sum
             summed = trainer.strategy.reduce(torch.tensor(values, dtype=torch.long, device=pl_module.device), reduce_op="sum")
             values = [int(v) for v in summed.tolist()]
@@ -286,6 +287,25 @@ class EvalProgress(ProgressBar):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    @staticmethod
+    def _padded(trainer, batch_idx: int, size: int, device) -> torch.Tensor:
+        """``[size]`` bool: which items of this process's batch ``batch_idx`` are a ``DistributedSampler``'s padding.
+
+        The sampler (no shuffling, ``drop_last=False``) extends the global order of ``len(dataset)`` indices to
+        ``total_size`` by repeating its first ones and gives process ``r`` the positions ``r, r + W, r + 2W, ...``
+        (``W`` processes): item ``j`` of batch ``b`` sits at global position ``r + (b * batch_size + j) * W``, a
+        repeat when that is ``>= len(dataset)``. Without such a sampler nothing is padded."""
+        loaders = trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "sampler", None)
+        padded = torch.zeros(size, dtype=torch.bool, device=device)
+        if not isinstance(sampler, DistributedSampler) or sampler.shuffle or sampler.drop_last:
+            return padded
+        world, rank = int(sampler.num_replicas), int(sampler.rank)
+        first = batch_idx * int(loader.batch_size or size)
+        positions = rank + (first + torch.arange(size, device=device)) * world
+        return positions >= len(sampler.dataset)
 
     @staticmethod
     def _count_samples(trainer) -> int:

@@ -41,7 +41,8 @@ class AttackListener(Protocol):
 
     def sub_attack(self, name: str, step: SubAttackStep) -> None: ...
 
-    def attack_finished(self, name: str, correct: int, total: int, seconds: float) -> None: ...
+    def attack_finished(self, name: str, hits: torch.Tensor, seconds: float) -> None:
+        """``hits``: ``[B]`` bool, sample i of the batch still correctly classified after the attack."""
 
 
 def safe_name(name: str) -> str:
@@ -119,9 +120,10 @@ class RobustEvalCallback(pl.Callback):
             outcome = run_attack(spec, classifier, self._views, x, y, ids, self._digest, on_step)
             pl_module.store.add(f"adv_pred/{spec.name}", ids, outcome.adv_pred)
             pl_module.add_time(f"attack/{spec.name}", outcome.seconds)
-            correct = int((outcome.adv_pred.to(y.device) == y).sum())
+            hits = outcome.adv_pred.to(y.device) == y  # [B]
+            correct = int(hits.sum())
             for listener in self._listeners:
-                listener.attack_finished(spec.name, correct, int(y.numel()), outcome.seconds)
+                listener.attack_finished(spec.name, hits, outcome.seconds)
             counts = self._counts[spec.name]
             counts[0] += correct
             counts[1] += int(y.numel())

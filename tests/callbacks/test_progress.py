@@ -84,3 +84,27 @@ def test_on_a_terminal_a_live_display_replaces_the_console_lines(tmp_path, caplo
     final = module.summary["robust"]["aa_clipure"]
     assert "toy: clean" in text and "aa_clipure" in text and f"robust {accuracy_text(final['correct'], 10)}" in text
     assert all(getattr(r, "console", True) is False for r in caplog.records if r.name == LOGGER)  # log file only
+
+
+def test_the_padding_of_a_distributed_sampler_is_not_counted():
+    """7 samples over 2 processes in batches of 2: the sampler pads its global order to 8 with a repeat of sample 0,
+    which rank 1's second batch holds last (global position 7); every other item, and every item without such a sampler, is real."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    data = TensorDataset(torch.arange(7))
+    seen = {}
+    for rank in (0, 1):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+        loader = DataLoader(data, batch_size=2, sampler=sampler)
+        trainer = SimpleNamespace(test_dataloaders=[loader])
+        for b, (ids,) in enumerate(loader):
+            padded = EvalProgress._padded(trainer, b, len(ids), torch.device("cpu"))
+            seen[rank, b] = (ids.tolist(), padded.tolist())
+    assert seen == {(0, 0): ([0, 2], [False, False]), (0, 1): ([4, 6], [False, False]),
+                    (1, 0): ([1, 3], [False, False]), (1, 1): ([5, 0], [False, True])}
+    real = [i for (ids, pad) in seen.values() for i, p in zip(ids, pad) if not p]
+    assert sorted(real) == list(range(7)) and sum(p for _, pad in seen.values() for p in pad) == 1
+    plain = SimpleNamespace(test_dataloaders=[DataLoader(data, batch_size=2)])
+    assert not EvalProgress._padded(plain, 3, 1, torch.device("cpu")).any()
