@@ -12,6 +12,7 @@ by their path below the shared folder when names repeat (two sweeps' ``run-0000`
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from clipure_lit.errors import DataNotFoundError
+from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.reporting.format import ms, pct_entry, points
 from clipure_lit.results import read_json
 from clipure_lit.utils.mcnemar import mcnemar_exact
@@ -254,19 +255,44 @@ def paired_comparisons(runs: list[Run], baseline: Run, out: Path, metric: str = 
     return rows
 
 
+def pick_baseline(runs: list[Run], labels: dict[Path, str], baseline: str | None) -> Run:
+    """The run named by ``baseline`` (its label, folder name or path), or the first run when ``baseline`` is None.
+
+    Raises:
+        ConfigError: no run, or more than one, answers to ``baseline`` (a comparison against a run nobody chose
+            would look like an answer).
+    """
+    if baseline is None:
+        return runs[0]
+    wanted = Path(baseline).resolve() if Path(baseline).exists() else None
+    matches = [r for r in runs if baseline in (r.path.name, labels[r.path], str(r.path))
+               or (wanted is not None and r.path.resolve() == wanted)]
+    names = [labels[r.path] for r in runs]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        close = difflib.get_close_matches(baseline, names, n=3)
+        raise ConfigError(f"--baseline '{baseline}' names none of the {len(runs)} runs of this report"
+                          + (f" (closest: {close})" if close else "") + f"; the runs are {names[:20]}"
+                          + (" ..." if len(names) > 20 else "") + ". Fix: give one of those labels (or a run folder's "
+                          "path), or leave --baseline out to compare against the first run.")
+    raise ConfigError(f"--baseline '{baseline}' names {len(matches)} runs ({[labels[r.path] for r in matches]}). Fix: "
+                      "give the label shown in report.md, which is unique, or the run folder's path.")
+
+
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None, baseline: str | None = None) -> dict:
     """Collect the runs under ``paths`` and write the report into ``out`` (default: the first path). ``baseline``
     is a run's label (folder name, or path below the shared folder when names repeat) or path."""
     runs = collect_runs(paths)
+    labels = run_labels(runs)
+    base = pick_baseline(runs, labels, baseline)  # before anything is written: a bad name writes no report
     out = Path(out or paths[0])
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
-    labels = run_labels(runs)
     write_table(runs, keys, out)
     plots, skipped = plot_against(runs, keys, out)
     if not keys:
         skipped = {"(no key)": "the runs differ in no config key, so there is no axis to plot against"}
-    base = next((r for r in runs if baseline and baseline in (r.path.name, labels[r.path], str(r.path))), runs[0])
     paired = paired_comparisons(runs, base, out, labels=labels)
     summary = {"runs": len(runs), "varying_keys": keys, "plots": [str(p) for p in plots], "skipped_plots": skipped,
                "paired": paired, "out": str(out), "best": labels[max(runs, key=_headline).path]}

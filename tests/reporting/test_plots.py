@@ -67,3 +67,18 @@ def test_the_gallery_command_draws_every_plot(tmp_path):
                      "results.png", "suite_datasets.png", "suite_defences.png"]
     readme = (out / "README.md").read_text()
     assert all(f"({name})" in readme for name in names) and "synthetic" in readme
+
+
+@pytest.mark.parametrize("name, says", [("run-9", "names none of the 2 runs"), ("a/run-00", "closest: ['a/run-0000'"),
+                                        ("run-0000", "names 2 runs")])
+def test_a_baseline_that_names_no_run_or_several_is_refused_before_anything_is_written(tmp_path, capsys, name, says):
+    import report
+
+    _sweep(tmp_path / "a", [10.0])
+    _sweep(tmp_path / "b", [30.0])
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "report"), "--baseline", name])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --baseline '{name}'") and says in err and "Fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "report").exists()
