@@ -1,9 +1,10 @@
 """CLIPure-Cos: pull the image embedding towards the blank-prompt anchor by ascent on their cosine.
 
 loss(z) = -sum_i cos(z_i, t), with t the blank anchor (mean of the unit text embeddings of the blank prompts).
-Its gradient has the closed form :func:`step.neg_cos_grad`, which is what ``autograd.grad`` of
-``F.cosine_similarity`` returns, at a fraction of the cost. It is detached in ``grad_mode=as_released`` (the
-official code's ``autograd.grad`` without ``create_graph``) and kept in the graph in ``grad_mode=full``.
+In ``grad_mode=as_released`` its gradient is computed as the official code computes it, ``autograd.grad`` of
+``F.cosine_similarity`` without ``create_graph`` (:func:`step.released_neg_cos_grad`: detached, and in the
+released operation order, so a float32 run rounds as the released one does). In ``grad_mode=full`` it is the
+closed form :func:`step.neg_cos_grad` (the same maths, equal in float64), kept in the graph.
 
 When an attack differentiates the loop in ``full`` mode, :class:`_CosAscent` supplies its backward in closed form:
 autograd through the loop records ~20 small operations per step and replays them, several percent of an attack
@@ -30,7 +31,8 @@ from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.ascent import AscentCfg, AscentPurifier
 from clipure_lit.purifiers.base import BuildContext, GradMode, Space
 from clipure_lit.purifiers.registry import register_purifier
-from clipure_lit.purifiers.step import cos_g_u, cos_g_u_vjp, neg_cos_grad, sphere_step, sphere_step_vjp
+from clipure_lit.purifiers.step import (cos_g_u, cos_g_u_vjp, neg_cos_grad, released_neg_cos_grad, sphere_step,
+                                       sphere_step_vjp)
 
 KEY = "purifier.clipure_cos"
 
@@ -87,13 +89,14 @@ class ClipureCos(AscentPurifier):
         self.register_buffer("anchor", F.normalize(anchor.detach().float(), dim=0))
 
     def make_grad_fn(self, z: Tensor, generator: torch.Generator | None):
-        """The closed-form gradient of ``-sum_i cos(z_i, anchor)``; deterministic, so the step index is unused."""
+        """The gradient of ``-sum_i cos(z_i, anchor)``; deterministic, so the step index is unused. Kept in the
+        graph (``full``): the closed form. Detached (``as_released``): autograd of the cosine, the released
+        operation order (:func:`step.released_neg_cos_grad`), so float32 runs follow the released rounding."""
 
         def grad_fn(zz: Tensor, in_graph: bool, step: int) -> Tensor:
             if in_graph:
                 return neg_cos_grad(zz, self.anchor)
-            with torch.no_grad():
-                return neg_cos_grad(zz.detach(), self.anchor)
+            return released_neg_cos_grad(zz, self.anchor)
 
         return grad_fn
 
