@@ -17,7 +17,7 @@ from pathlib import Path
 from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.reporting.findings import COMMITTED_FILES, Findings
 from clipure_lit.sweeping.launcher import SweepOptions, SweepResult, run_sweep
-from clipure_lit.sweeping.plan import load_sweep
+from clipure_lit.sweeping.plan import SweepSpec, load_sweep
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,25 @@ def recompute(findings: Findings, runs_root: str | Path, studies: list[str] | No
     plans = [(s, p, load_sweep(p.sweep)) for s in chosen for p in s.parts]
     # Every part is checked (composed and validated as eval.py would) before any of them runs.
     for study, part, spec in plans:
-        run_sweep(spec, Path(runs_root) / study.name / part.name, [*findings.common, *part.args],
+        run_sweep(spec, Path(runs_root) / study.name / part.name, part_args(findings.common, part.args, spec),
                   dataclasses.replace(opts, dry_run=True))
     results = []
     for study, part, spec in plans:
         log.info("findings: study %s, part %s", study.name, part.name)
-        result = run_sweep(spec, Path(runs_root) / study.name / part.name, [*findings.common, *part.args], opts)
+        result = run_sweep(spec, Path(runs_root) / study.name / part.name, part_args(findings.common, part.args, spec),
+                           opts)
         results.append((f"{study.name}/{part.name}", result))
         if result.stopped_by is not None or result.failed:
             break
     return results
+
+
+def part_args(common: list[str], args: list[str], spec: SweepSpec) -> list[str]:
+    """The arguments of a part's runs: the study file's ``common`` ones, then the part's own (which win, coming
+    later). A common argument whose key the part's sweep varies is left out: the document's promise is "every run,
+    unless a part sets it otherwise", and a swept key is set by the part (``attack.n_iter`` in a convergence study)."""
+    swept = set(spec.swept_keys)
+    return [a for a in common if a.split("=", 1)[0].lstrip("+~") not in swept] + list(args)
 
 
 def _portable_run_dir(src: Path, target: Path, runs_root: Path) -> None:
