@@ -154,3 +154,16 @@ def test_readme_quotes_the_committed_positive_control():
         if part == "robust_clip":
             square = results["robust"]["square"]
             assert pct(square["acc"], square["ci95"], unit="%") in readme
+
+
+def test_a_part_whose_sweep_varies_a_common_key_drops_that_common_argument():
+    """The study file's common arguments hold "unless a part sets them otherwise": a convergence part that sweeps
+    attack.n_iter runs at the swept values, not at the common attack.n_iter (which the launcher would refuse)."""
+    from clipure_lit.sweeping.findings_runs import part_args
+    from clipure_lit.sweeping.plan import load_sweep
+
+    spec = load_sweep(ROOT / "sweeps/findings/n_iter.yaml")
+    common = ["data.num_samples=100", "data.batch_size=50", "attack.n_iter=20"]
+    assert part_args(common, ["purifier=none"], spec) == ["data.num_samples=100", "data.batch_size=50", "purifier=none"]
+    single = load_sweep(ROOT / "sweeps/findings/single.yaml")
+    assert part_args(common, ["attack.n_iter=100"], single) == [*common, "attack.n_iter=100"]  # the part's wins later
