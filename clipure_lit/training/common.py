@@ -21,7 +21,8 @@ from typing import Iterator
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -142,6 +143,22 @@ def resolve_resume(cfg, run_dir: Path) -> str | None:
     return str(path)
 
 
+class CheckpointOnStop(Checkpoint):
+    """Writes ``<run_dir>/checkpoints/last.ckpt`` when the fit is stopped by SIGTERM (a scheduler's stop, ``scancel``,
+    a sweep's stop), so that ``fit.resume=last`` continues from the step reached, not from the last periodic
+    checkpoint. Lightning raises its SIGTERM exception only at a batch's end, after the optimiser step, so the state
+    saved is consistent; other exceptions can strike mid-step and save nothing."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(str(self.path))
+            log.info("Stopped at step %d: training state saved to %s", trainer.global_step, self.path)
+
+
 def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool, val_needs_grad: bool = False):
     """A ``pl.Trainer`` from ``cfg.trainer`` (devices) and ``cfg.fit`` (loop), checkpointing every
     ``fit.ckpt_every_n_steps`` steps to ``<run_dir>/checkpoints/last.ckpt``. ``val_needs_grad``: validation
@@ -150,7 +167,7 @@ def build_fit_trainer(cfg, run_dir: Path, logger, callbacks: list, has_val: bool
     ckpt = ModelCheckpoint(dirpath=str(run_dir / CKPT_DIR), filename="step{step}", auto_insert_metric_name=False,
                            every_n_train_steps=int(fit.ckpt_every_n_steps), save_top_k=1, save_last=True)
     kwargs = dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                  logger=logger, callbacks=[ckpt, *callbacks], default_root_dir=str(run_dir),
+                  logger=logger, callbacks=[ckpt, CheckpointOnStop(run_dir / CKPT_DIR / "last.ckpt"), *callbacks], default_root_dir=str(run_dir),
                   enable_progress_bar=t.enable_progress_bar, enable_model_summary=False, precision=fit.precision,
                   max_epochs=fit.max_epochs if fit.max_epochs is not None else -1, max_steps=fit.max_steps,
                   max_time=fit.max_time, log_every_n_steps=fit.log_every_n_steps, num_sanity_val_steps=0,

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from typing import Callable
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from clipure_lit.config.loader import to_plain
-from clipure_lit.loggers import build_logger
+from clipure_lit.loggers import build_logger, run_end_for
 from clipure_lit.results import write_json
 from clipure_lit.config.validate import check_accelerator_present
 from clipure_lit.run_folder import close_logger, exclusive_run_folder, make_run_dir, run_log, write_config, write_environment
 from clipure_lit.training.adv_job import run_adv
 from clipure_lit.training.clip_job import run_clip
-from clipure_lit.training.common import configure_cpu
+from clipure_lit.training.common import CKPT_DIR, configure_cpu
 from clipure_lit.training.prior_job import run_prior
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,18 @@ def _train(cfg: DictConfig, run_dir) -> dict:
     write_environment(run_dir)
     logger = build_logger(cfg, run_dir, to_plain(cfg))
     start = time.perf_counter()
+    end = None  # how the job ended, for the logger; None: from the exception passing through (or finished)
     try:
         metrics = _jobs()[cfg.job](cfg, run_dir, logger)
+    except SIGTERMException as exc:
+        end = run_end_for(exc)
+        # Lightning's SIGTERM exception is a SystemExit without a code: left alone, a stopped training would exit 0,
+        # write no results.json and look finished to a scheduler or a sweep. The state is in last.ckpt.
+        log.warning("Stopped by SIGTERM; the training state is in %s. Continue with the same arguments plus run_dir=%s "
+                    "(fit.resume=last continues from it).", run_dir / CKPT_DIR / "last.ckpt", run_dir)
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
-        close_logger(logger)
+        close_logger(logger, end)
     metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
     write_json(run_dir / "results.json", metrics)
     return metrics
