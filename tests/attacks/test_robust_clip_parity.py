@@ -1,7 +1,7 @@
-"""The positive control, checked outside the framework: ``eval.py``'s pipeline on the shipped TeCoA-robust small CLIP
-(``clip=cifar10_small_tecoa``) reports, sample for sample, what plain pyautoattack reports on a zero-shot classifier
-built with open_clip alone (model config, safetensors weights, tokenizer and CLIP_benchmark's CIFAR-10 templates)
-on the same images of the shipped CIFAR-10 sample, at Linf 4/255.
+"""The positive controls, checked outside the framework: ``eval.py``'s pipeline on each shipped robust small CLIP
+(``clip=cifar10_small_tecoa`` and ``clip=cifar10_small_fare``) reports, sample for sample, what plain pyautoattack
+reports on a zero-shot classifier built with open_clip alone (model config, safetensors weights, tokenizer and
+CLIP_benchmark's CIFAR-10 templates) on the same images of the shipped CIFAR-10 sample, at Linf 4/255.
 
 Everything the reference uses is read here, independently of clipure_lit: only the file names are shared.
 """
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e  # runs a whole evaluation: left out of `make test-
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES, BATCH = 20, 10
 SETTINGS = dict(eps=4.0, n_iter=5, n_restarts=1, n_target_classes=2)  # eps in 1/255
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # conf/clip/cifar10_small_tecoa.yaml
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # conf/clip/cifar10_small_tecoa.yaml and cifar10_small_fare.yaml
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -31,14 +31,14 @@ class PlainZeroShotClip(torch.nn.Module):
     """What a user would write with open_clip alone: ``logits = exp(logit_scale) * normalize(f(x)) @ C``, with
     ``C[:, k] = normalize(mean_t normalize(g(t(c_k))))`` over the 18 CIFAR-10 templates of CLIP_benchmark."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str) -> None:
         super().__init__()
         import open_clip
         from safetensors.torch import load_file
 
         config = json.loads((ROOT / "conf/model_configs/ViT-C10-S4-32px.json").read_text())
         self.model = open_clip.model.CLIP(**{k: v for k, v in config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")})
-        state = {k: v.float() for k, v in load_file(ROOT / "checkpoints/vit_c10_s4_tecoa.safetensors").items()}
+        state = {k: v.float() for k, v in load_file(ROOT / "checkpoints" / weights).items()}
         self.model.load_state_dict(state)
         self.model.eval()
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
@@ -80,17 +80,19 @@ def _plain_pyautoattack(model) -> dict[int, bool]:
 
 
 @pytest.mark.slow
-def test_eval_pipeline_matches_plain_pyautoattack_on_the_robust_clip(tmp_path, one_thread_module):
+@pytest.mark.parametrize("clip, weights", [("cifar10_small_tecoa", "vit_c10_s4_tecoa.safetensors"),
+                                           ("cifar10_small_fare", "vit_c10_s4_fare.safetensors")])
+def test_eval_pipeline_matches_plain_pyautoattack_on_the_robust_clip(tmp_path, one_thread_module, clip, weights):
     import csv
 
     from clipure_lit.config.loader import load_config
     from clipure_lit.evaluation import run_eval
 
-    if not (ROOT / "checkpoints/vit_c10_s4_tecoa.safetensors").is_file():
-        pytest.fail("the shipped robust CLIP checkpoints/vit_c10_s4_tecoa.safetensors is missing")
+    if not (ROOT / "checkpoints" / weights).is_file():
+        pytest.fail(f"the shipped robust CLIP checkpoints/{weights} is missing")
     run_dir = tmp_path / "run"
     run_eval(load_config([
-        "clip=cifar10_small_tecoa", "data=cifar10_sample", f"data.num_samples={N_IMAGES}", f"data.batch_size={BATCH}",
+        f"clip={clip}", "data=cifar10_sample", f"data.num_samples={N_IMAGES}", f"data.batch_size={BATCH}",
         "purifier=none", "attack.run=[aa_clipure]", f"attack.eps={SETTINGS['eps']}", f"attack.n_iter={SETTINGS['n_iter']}",
         f"+attack.entries.aa_clipure.n_restarts={SETTINGS['n_restarts']}",
         f"+attack.entries.aa_clipure.n_target_classes={SETTINGS['n_target_classes']}",
@@ -100,7 +102,7 @@ def test_eval_pipeline_matches_plain_pyautoattack_on_the_robust_clip(tmp_path, o
     ours = {int(r["sample_id"]): r["adv_pred/aa_clipure"] == r["label"] for r in rows}
     clean = sum(r["clean_pred"] == r["label"] for r in rows) / len(rows)
 
-    reference = _plain_pyautoattack(PlainZeroShotClip())
+    reference = _plain_pyautoattack(PlainZeroShotClip(weights))
     assert ours == reference  # the same robust flag for every sample id
     robust_acc = sum(reference.values()) / len(reference)
     results = json.loads((run_dir / "results.json").read_text())
