@@ -17,9 +17,9 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from clipure_lit.config.loader import list_choices, load_config
-from clipure_lit.config.schema import BlankAnchorSource
-from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.config.loader import load_config
+from clipure_lit.config.suites import check_suite_entries, dataset_argv, entry_name, selected_entries
+from clipure_lit.errors import DataNotFoundError
 from clipure_lit.evaluation import run_eval
 from clipure_lit.loggers import log_table_to_wandb
 from clipure_lit.reporting.suite_tables import average, defence_name, write_tables
@@ -29,40 +29,11 @@ from clipure_lit.utils.distributed import launcher_rank_is_zero
 
 log = logging.getLogger(__name__)
 
-# Arguments that the suite sets itself for each dataset.
-_SUITE_OWNED = ("suite", "suite.", "data=", "run_dir=", "prompts.class_templates=", "prompts.blank_templates=", "name=")
-
-
-def dataset_argv(cfg: DictConfig, argv: Sequence[str], entry, run_dir: Path) -> list[str]:
-    """The arguments of one dataset's run: the user's, minus what the suite owns, plus the dataset's choices."""
-    base = [a for a in argv if not a.startswith(_SUITE_OWNED)]
-    blank = BlankAnchorSource(cfg.suite.blank)
-    if blank == BlankAnchorSource.custom and not cfg.prompts.blank_prompt:
-        raise ConfigError("suite.blank=custom needs prompts.blank_prompt='<prompt>' (e.g. \"a photo of a .\").")
-    extra = ["suite=none", f"run_dir={run_dir}", f"name={cfg.name}-{entry_name(entry)}"]
-    if entry.data:
-        extra.append(f"data={entry.data}")
-    if entry.templates:
-        extra.append(f"prompts.class_templates={entry.templates}")
-        if blank == BlankAnchorSource.dataset:
-            extra.append(f"prompts.blank_templates={entry.templates}")
-    if blank == BlankAnchorSource.imagenet80:
-        extra.append("prompts.blank_templates=openai_imagenet_80")
-    return base + extra + list(entry.overrides)
-
-
-def entry_name(entry) -> str:
-    return entry.name or entry.data
-
 
 def run_suite(cfg: DictConfig, argv: Sequence[str]) -> dict:
     """Evaluate every dataset of ``cfg.suite`` in turn; returns (and writes ``suite.json``) the per-dataset rows."""
-    entries = [e for e in cfg.suite.datasets if not cfg.suite.only or e.data in cfg.suite.only or e.name in cfg.suite.only]
-    unknown = [e.data for e in entries if e.data and e.data not in list_choices("data")]
-    if unknown:
-        raise ConfigError(f"Suite '{cfg.suite.name}' names data choices that do not exist: {unknown}. Valid: {list_choices('data')}.")
-    if not entries:
-        raise ConfigError(f"Suite '{cfg.suite.name}' selects no dataset (suite.only={list(cfg.suite.only)}).")
+    check_suite_entries(cfg, argv, load_config)  # an entry its run would refuse stops the suite before its first run
+    entries = selected_entries(cfg)
     out = make_run_dir(cfg)
     with exclusive_run_folder(out), run_log(out):  # one suite per folder; each entry's run locks its own sub-folder
         return _run_suite_in(cfg, argv, entries, out)

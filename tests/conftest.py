@@ -33,9 +33,15 @@ def contract_overrides(name: str) -> list[str]:
     for tests) when there is one, else ``conf/purifier/<name>.yaml``, else its registry name with default keys."""
     from clipure_lit.purifiers import list_purifiers
 
+    import yaml
+
     for choice in (f"{name}_tiny", name):
-        if (PROJECT_ROOT / "conf" / "purifier" / f"{choice}.yaml").is_file():
-            return [f"purifier={choice}"]
+        path = PROJECT_ROOT / "conf" / "purifier" / f"{choice}.yaml"
+        if path.is_file():
+            # A batch-coupled purifier composes only at the batch size it declares.
+            sections = [v for v in yaml.safe_load(path.read_text()).values() if isinstance(v, dict)]
+            sizes = {v["batch_size"] for v in sections if v.get("norm_scope") == "batch" and v.get("batch_size")}
+            return [f"purifier={choice}", *[f"data.batch_size={n}" for n in sizes]]
     space = "latent" if name in list_purifiers("latent") else "pixel"
     return ["purifier=none", f"purifier.{space}={name}"]
 

@@ -109,6 +109,25 @@ def check_batch_dependence(classifier, x: Tensor) -> Finding:
         "evaluation: purifier.<name>.norm_scope=sample for a CLIPure purifier, or data.batch_size=1 with attack.batch_size=1.") if raised else "")
 
 
+def declared_batch_dependence(classifier) -> Finding:
+    """The ``batch_dependent`` flag from what the purifiers declare, without a batch (so that a run without attacks,
+    whose first-batch checks do not run, still carries it): raised when a purifier declares ``batch_coupled``. The
+    message says when a purifier declares no batch size (``describe()["batch_size"]`` None, e.g.
+    ``purifier.<name>.batch_size=null``), which makes every result a function of ``data.batch_size``."""
+    coupled = [p.describe() for p in classifier.purifiers if p.batch_coupled]
+    unpinned = [d["class"] for d in coupled if d.get("batch_size", None) is None]
+    pinned = sorted({d["batch_size"] for d in coupled if d.get("batch_size") is not None})
+    which = ", ".join(d["class"] for d in coupled)
+    detail = (f"{', '.join(unpinned)} declares no batch size (purifier.<name>.batch_size=null), so these numbers hold "
+              "for this run's data.batch_size and batch composition only" if unpinned else
+              f"the run used the declared batch size {pinned[0] if len(pinned) == 1 else pinned}, but which images share "
+              "a batch still changes each one's result")
+    return Finding("batch_dependent", bool(coupled), None, (
+        f"Predictions depend on the other samples in the batch ({which} declares batch_coupled=True): {detail}; an "
+        "attacker could also choose the batch mates. Stronger evaluation: purifier.<name>.norm_scope=sample for a "
+        "CLIPure purifier.") if coupled else "")
+
+
 def is_random(classifier, x: Tensor) -> bool:
     """Declared stochastic, or two forwards with different purifier seeds disagree."""
     if classifier.stochastic:

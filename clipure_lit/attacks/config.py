@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
+
+from clipure_lit.errors import ConfigError
 
 
 class AttackNorm(str, Enum):
@@ -96,3 +98,28 @@ class AttackCfg:
     checks: bool = True
     # Named entries (presets can be extended or overridden here).
     entries: Dict[str, AttackEntryCfg] = field(default_factory=dict)
+
+
+def check_attack_values(cfg: Any) -> None:
+    """Refuse ``attack.*`` values no run can use (the ``attack`` section, with or without attacks in
+    ``attack.run``): a radius that is not positive, budgets below 1. Called when the config is composed and again
+    when the attacks are resolved (:func:`clipure_lit.attacks.presets.resolve_attacks`).
+
+    Raises:
+        ConfigError: naming the key, the value, what is expected and the fix.
+    """
+    if cfg.eps is not None and not float(cfg.eps) > 0:
+        raise ConfigError(f"attack.eps={cfg.eps} must be a positive radius (Linf: in units of 1/255, e.g. 4 for 4/255; "
+                          "L2: the radius itself, e.g. 0.5). Fix: set attack.eps to a positive value, or null for the "
+                          "default of attack.norm (4/255 Linf, 0.5 L2).")
+    for key, what in (("n_iter", "iterations of APGD and FAB"), ("n_queries", "queries of Square")):
+        value = cfg.get(key)
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"attack.{key}={value} must be a positive number of {what}, or null for each attack's "
+                              f"own value. Fix: set attack.{key}=<N> with N >= 1, or attack.{key}=null.")
+    if int(cfg.eot_samples) < 1:
+        raise ConfigError(f"attack.eot_samples={cfg.eot_samples} must be a positive number of gradient samples per "
+                          "step (1: no averaging; AutoAttack's rand version uses 20). Fix: attack.eot_samples=<N>, N >= 1.")
+    if cfg.batch_size is not None and int(cfg.batch_size) < 1:
+        raise ConfigError(f"attack.batch_size={cfg.batch_size} must be a positive integer, or null for the whole data "
+                          "batch. Fix: attack.batch_size=null (or a positive size).")

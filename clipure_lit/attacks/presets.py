@@ -8,13 +8,15 @@ A run token is ``<entry>`` or ``<entry>@<grad_mode>``; ``<entry>`` is a preset b
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clipure_lit.attacks.spec import SUB_ATTACKS, TRANSFER_SOURCES, AttackSpec
-from clipure_lit.attacks.config import AttackCfg, AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion
+from clipure_lit.attacks.config import (AttackCfg, AttackGradMode, AttackNorm, AttackPrecision, AutoAttackVersion,
+                                        check_attack_values)
 from clipure_lit.errors import ConfigError
 
 # The released CLIPure protocol (reference section 6.1): AutoAttack version='custom' with APGD-CE (5 restarts,
@@ -102,7 +104,8 @@ def _enum(cls, value, key: str):
 def _positive(fields: dict[str, Any], key: str, name: str) -> None:
     value = fields.get(key)
     if value is not None and int(value) < 1:
-        raise ConfigError(f"attack entry '{name}': {key}={value} must be a positive integer.")
+        raise ConfigError(f"attack entry '{name}': {key}={value} must be a positive integer. Fix: set "
+                          f"attack.entries.{name}.{key} to a value >= 1, or null for the preset's own.")
 
 
 def resolve_attack(token: str, cfg: Any) -> AttackSpec:
@@ -122,6 +125,13 @@ def resolve_attack(token: str, cfg: Any) -> AttackSpec:
         if user:
             fields.update(layer)
     if suffix:
+        modes = [m.value for m in AttackGradMode]
+        if suffix not in modes:
+            close = difflib.get_close_matches(suffix, modes, n=1)
+            fix = f"attack.run=[{name}@{close[0]}]" if close else f"one of {[f'{name}@{m}' for m in modes]}"
+            raise ConfigError(f"attack.run entry '{token}' names an unknown gradient mode '{suffix}' after '@'; valid "
+                              f"modes: {modes} (docs/evaluation.md, 'Gradient modes'). Fix: {fix}, or '{name}' alone "
+                              f"for attack.grad_mode={_value(cfg.grad_mode)}.")
         fields["grad_mode"] = suffix
     version = _enum(AutoAttackVersion, fields.get("version", "custom"), f"attack entry '{name}': version")
     attacks = fields.get("attacks")
@@ -174,6 +184,10 @@ def attack_config(**values: Any):
         raise ConfigError(f"Invalid attack settings {values}: {str(exc).splitlines()[0]}") from None
 
 
+def _value(value: Any) -> Any:
+    return value.value if hasattr(value, "value") else value
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -182,8 +196,10 @@ def resolve_attacks(cfg: Any) -> list[AttackSpec]:
     """Every token of ``cfg.run`` (the ``attack`` section) resolved; names must be unique.
 
     Raises:
-        ConfigError: unknown attack or grad mode, bad sub-attack list, non-positive budgets, duplicate names.
+        ConfigError: a value of ``attack.*`` no run can use (:func:`~clipure_lit.attacks.config.check_attack_values`),
+            unknown attack or grad mode, bad sub-attack list, non-positive budgets, duplicate names.
     """
+    check_attack_values(cfg)
     specs = [resolve_attack(token, cfg) for token in cfg.run]
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})

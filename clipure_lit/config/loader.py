@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from clipure_lit.config.schema import RunCfg, purifier_schema
+from clipure_lit.config.suites import check_suite_entries
 from clipure_lit.config.validate import validate_config
 from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.purifiers.registry import config_sections, get_entry, space_of
@@ -137,7 +138,7 @@ def _first_line(exc: Exception) -> str:
 
 def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DIR, root: str = "eval",
                 schema: type = RunCfg, validate: Callable[[DictConfig], None] | None = None,
-                composed_from: list[str] | None = None) -> DictConfig:
+                composed_from: list[str] | None = None, check_entries: bool | None = None) -> DictConfig:
     """Build the validated run config from command-line style arguments.
 
     Args:
@@ -148,6 +149,9 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         validate: registry and compatibility checks (default: :func:`clipure_lit.config.validate.validate_config`).
         composed_from: when given, receives the names of what was merged, in merge order (``conf/<group>/<choice>.yaml``
             files, the root file, the experiment, YAML files, ``command-line override '<key=value>'``).
+        check_entries: compose and check every entry of a suite the config selects (``suite.name`` set) as its run
+            will be composed, with ``validate`` (:func:`clipure_lit.config.suites.check_suite_entries`). Default: only
+            with the default ``validate`` (``--help``, which composes without checks, skips them).
 
     Returns:
         A structured ``DictConfig`` typed by :class:`RunCfg`, with every choice validated.
@@ -195,9 +199,14 @@ def load_config(argv: Sequence[str] = (), conf_dir: Path | str = DEFAULT_CONF_DI
         cfg = _compose(schema, sources, purifiers=chosen)
         cfg.purifier = _picklable_purifier_section(cfg.purifier, chosen)
 
+    if check_entries is None:
+        check_entries = validate is None
     if validate is None:
         validate = validate_config
     validate(cfg)
+    if check_entries and "suite" in schema.__dataclass_fields__ and cfg.suite.name:
+        check_suite_entries(cfg, list(argv), lambda entry_argv: load_config(
+            entry_argv, conf_dir, root, schema, validate, check_entries=False))
     return cfg
 
 

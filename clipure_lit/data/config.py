@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
+
+from clipure_lit.errors import ConfigError
 
 
 class SubsetMode(str, Enum):
@@ -52,3 +54,24 @@ class DataCfg:
     benchmark: Optional[str] = None
     batch_size: int = 32
     num_workers: int = 0
+
+
+def check_data_values(cfg: Any, key: str = "data") -> None:
+    """Refuse ``data.*`` values no run can use; needs neither the files nor the dataset (the dataset's size is
+    checked when it is set up). Called when the config is composed and again where the samples are chosen.
+
+    Raises:
+        ConfigError: naming the key, the value, what is expected and the fix.
+    """
+    if cfg.num_samples is not None and int(cfg.num_samples) < 1:
+        raise ConfigError(f"{key}.num_samples={cfg.num_samples} must be a positive number of images, or null for the "
+                          f"whole dataset. Fix: set {key}.num_samples=<N> with N >= 1, or {key}.num_samples=null.")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"{key}.batch_size={cfg.batch_size} must be a positive integer (images per batch). "
+                          f"Fix: set {key}.batch_size=<N> with N >= 1.")
+    if int(cfg.num_workers) < 0:
+        raise ConfigError(f"{key}.num_workers={cfg.num_workers} must be >= 0 (0: load in the main process). "
+                          f"Fix: set {key}.num_workers=0 or a positive number of loader processes.")
+    if cfg.image_size is not None and int(cfg.image_size) < 1:
+        raise ConfigError(f"{key}.image_size={cfg.image_size} must be a positive size in pixels, or null for the "
+                          f"dataset's native size. Fix: e.g. {key}.image_size=224, or {key}.image_size=null.")

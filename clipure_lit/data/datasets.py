@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from clipure_lit.data.config import DataCfg, OnBadImage, SubsetMode
+from clipure_lit.data.config import DataCfg, OnBadImage, SubsetMode, check_data_values
 from clipure_lit.errors import ClipureError, ConfigError, DataNotFoundError
 from clipure_lit.utils.paths import find_path, resolve_path
 
@@ -348,9 +348,47 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+# Datasets read from a local folder (or file) that no download can fill, with the fix their missing-root error names.
+_LOCAL_ROOTS = {
+    "image_folder": "set data.root to a folder with one sub-folder of images per class.",
+    "imagenet": "set data.root to the ImageNet validation folder (one sub-folder per WordNet id).",
+    "imagenet_sample": "set data.root to a folder of '<wnid>_<name>.JPEG' images.",
+}
+
+
+def check_data_paths(cfg: DataCfg) -> None:
+    """Refuse a dataset location or sample-id list that does not exist on this machine, without reading any image:
+    ``data.ids_file``, and ``data.root`` of the datasets that live in a local folder or file (a torchvision or
+    CLIP_benchmark dataset with ``data.download=true`` may still be fetched, so its root is not required). Runs when
+    the config is composed and again when the dataset is built.
+
+    Raises:
+        DataNotFoundError: naming the key, where it was looked for and the fix.
+    """
+    if cfg.ids_file:
+        resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")
+    if cfg.name == "array_file":
+        path = find_path(cfg.root)
+        if path is None or not path.is_file():
+            raise _missing("array_file", Path(cfg.root), "set data.root to an .npz file with images, labels and "
+                                                         "classnames (scripts/make_cifar10_sample.py writes one).")
+    elif cfg.name in _LOCAL_ROOTS:
+        if not _root(cfg).is_dir():
+            raise _missing(cfg.name, _root(cfg), _LOCAL_ROOTS[cfg.name])
+    elif cfg.name in ("cifar10", "cifar100") and not cfg.download and not Path(cfg.root).exists():
+        raise _missing(cfg.name, Path(cfg.root), "set data.download=true to let torchvision fetch it (needs internet), "
+                                                 "or point data.root at a folder that holds it.")
+    elif cfg.name == "clip_benchmark" and cfg.benchmark and not str(cfg.benchmark).startswith("wds/") \
+            and not cfg.download and not _root(cfg).exists():
+        raise _missing(cfg.benchmark, _root(cfg), "set data.root to where the dataset lives, or data.download=true where "
+                                                  "CLIP_benchmark can download it (ImageNet-R/-Sketch and some others need "
+                                                  "a manual download).")
+
+
 def build_dataset(cfg: DataCfg) -> ImageDataset:
     if cfg.name not in DATASETS:
         raise ConfigError(f"Unknown dataset data.name='{cfg.name}'. Valid choices: {list_datasets()}.")
+    check_data_paths(cfg)
     return DATASETS[cfg.name](cfg)
 
 
@@ -360,6 +398,7 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
 
     Raises ``ConfigError`` when ``data.num_samples`` is not positive or exceeds the dataset's size (never a silent
     clamp: ``config.yaml`` would record a number that was not evaluated), or an id of ``ids_file`` is out of range."""
+    check_data_values(cfg)  # the checks the config was composed with, for callers that built ``cfg`` themselves
     n_total = len(dataset)
     if cfg.ids_file:
         path = resolve_path(cfg.ids_file, "sample-id list (data.ids_file)")

@@ -41,8 +41,9 @@ class AscentCfg(PurifierConfig):
     grad_mode: GradMode = GradMode.as_released
     # Frobenius norm over the batch (released; couples the samples) or one norm per sample.
     norm_scope: NormScope = NormScope.batch
-    # Batch size a norm_scope=batch run is meant for (released: 2); a warning is logged once when it is evaluated
-    # at another batch size. null: no check.
+    # Batch size a norm_scope=batch run is meant for (released: 2). Composing a run at another data.batch_size or
+    # attack.batch_size, or with a partial last batch, is refused. null: batch-dependent results are accepted on
+    # purpose (recorded in config.yaml; the results carry the batch_dependent flag).
     batch_size: Optional[int] = None
     # Record per-step statistics (cosines, losses) in the purifier's ``last_diagnostics``.
     diagnostics: bool = False
@@ -56,6 +57,14 @@ class AscentCfg(PurifierConfig):
             raise ConfigError(f"{where}.momentum={self.momentum} must be in [0, 1).")
         if self.batch_size is not None and self.batch_size <= 0:
             raise ConfigError(f"{where}.batch_size={self.batch_size} must be a positive integer or null.")
+
+    def batch_coupled(self) -> bool:
+        """``norm_scope=batch``: the step is normalised over the whole batch, so sample i depends on its batch mates."""
+        return NormScope(self.norm_scope) == NormScope.batch
+
+    def declared_batch_size(self) -> int | None:
+        """``batch_size`` when the norm couples the batch (with a per-sample norm no batch size matters)."""
+        return self.batch_size if self.batch_coupled() else None
 
     def checkpoints_steps(self) -> bool:
         """Whether full-gradient steps are recomputed in the backward pass (a ``gradient_checkpointing`` key,
@@ -158,7 +167,7 @@ class AscentPurifier(AscentModes, Purifier):
     def describe(self) -> dict[str, Any]:
         c = self.cfg
         described = {**super().describe(), "num_steps": c.num_steps, "step_size": c.step_size, "momentum": c.momentum,
-                     "grad_mode": c.grad_mode.value, "norm_scope": c.norm_scope.value}
+                     "grad_mode": c.grad_mode.value, "norm_scope": c.norm_scope.value, "batch_size": c.batch_size}
         if hasattr(c, "gradient_checkpointing"):
             described["gradient_checkpointing"] = c.gradient_checkpointing
         return described

@@ -66,6 +66,22 @@ class PurifierConfig:
         """``{key: path or hub id}`` of the weight files this purifier loads (hashed into ``environment.json``)."""
         return {}
 
+    def local_files(self, where: str) -> dict[str, str]:
+        """``{key: path}`` of the files this purifier reads from the local disk and can never download. Checked when
+        the config is composed (``--cfg``, a sweep's dry run, the run itself), so a wrong path is refused before
+        anything starts. Hub ids, which a run may download, belong in :meth:`check_files` instead."""
+        return {}
+
+    def batch_coupled(self) -> bool:
+        """Whether these settings make output i depend on the other samples of the batch (a batch-wide norm)."""
+        return False
+
+    def declared_batch_size(self) -> int | None:
+        """The batch size the results of a :meth:`batch_coupled` purifier are meant for: composing a run whose
+        ``data.batch_size`` differs is refused (``clipure_lit.config.validate.check_batch_coupling``). None: no size
+        is declared, so batch-dependent results are accepted on purpose (and flagged in the results)."""
+        return None
+
 
 class Purifier(nn.Module):
     """Base class; subclasses implement :meth:`forward`."""
@@ -120,10 +136,15 @@ def shallow_copy_with(purifier: Purifier, **attributes: Any) -> Purifier:
 class BatchSizeWarning:
     """Warns once when a batch-coupled purifier is evaluated at another batch size than the one its config names.
 
+    Composing such a config is refused already (``clipure_lit.config.validate.check_batch_coupling``: the data
+    batch, the attack batch and a partial last batch), so this is the backstop for what the config cannot tell: the
+    number of processes of ``trainer.devices=-1`` / ``auto``, whose distributed sampler deals the samples out and can
+    leave one process a partial batch, and a classifier built from Python without a config.
+
     ``key`` is the config prefix of the purifier (``purifier.clipure_cos``), so the message names the keys to fix.
     It is checked on the evaluation's data batches only (:meth:`Purifier.check_evaluation_batch`): the masking checks
     classify single samples and AutoAttack passes only the points still robust, which is part of the evaluation
-    protocol, not a setting to fix.
+    protocol (docs/evaluation.md, "Batch-coupled purifiers"), not a setting to fix.
     """
 
     def __init__(self, key: str) -> None:

@@ -67,6 +67,10 @@ class ClipureDiffCfg(AscentCfg):
     def weight_files(self, where: str) -> dict[str, str]:
         return {f"{where}.prior.checkpoint": self.prior.checkpoint} if self.prior.checkpoint else {}
 
+    def local_files(self, where: str) -> dict[str, str]:
+        # The prior is always a local file (no hub id), so a missing one is refused when the config is composed.
+        return self.weight_files(where)
+
 
 class ClipureDiff(AscentPurifier):
     """Sphere ascent on minus the denoising loss of a frozen ``DiffusionPrior`` (see module docstring)."""

@@ -141,7 +141,7 @@ class ClipurePixel(AscentModes, Purifier):
     def describe(self) -> dict[str, Any]:
         s = self.cfg
         return {**super().describe(), "num_steps": s.num_steps, "step_size": s.step_size, "momentum": s.momentum,
-                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value,
+                "grad_mode": s.grad_mode.value, "norm_scope": s.norm_scope.value, "batch_size": s.batch_size,
                 "gradient_checkpointing": s.gradient_checkpointing, "eps_255": None if self.eps is None else round(self.eps * 255.0, 6)}
 
 

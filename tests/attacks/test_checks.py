@@ -89,7 +89,7 @@ def test_clipure_cos_as_released_raises_masking_flags_with_the_fix(cos, caplog):
 
 
 def test_released_batch_coupling_is_flagged(tmp_path_factory):
-    coupled = _tiny(tmp_path_factory, "purifier=clipure_cos")  # norm_scope=batch, as released
+    coupled = _tiny(tmp_path_factory, "purifier=clipure_cos", "data.batch_size=2")  # norm_scope=batch, as released
     x, y = _batch()
     findings = first_batch_checks(coupled, ViewCache(coupled), _specs("apgd_ce@full"), x, y)
     assert "batch_dependent" in _raised(findings)

@@ -108,7 +108,7 @@ def cos_classifier(tmp_path_factory):
     from clipure_lit.evaluation import build_classifier
 
     cache = tmp_path_factory.getbasetemp() / "clip_text_cache"  # shared by the session's tiny classifiers
-    cfg = load_config(["experiment=tiny", "purifier=clipure_cos", f"prompts.cache_dir={cache}"])
+    cfg = load_config(["experiment=tiny", "purifier=clipure_cos", "data.batch_size=2", f"prompts.cache_dir={cache}"])
     return build_classifier(cfg, CIFAR10).eval()
 
 

@@ -20,7 +20,7 @@ from clipure_lit.clip.embeddings import load_class_embeddings, save_blank_embedd
 from clipure_lit.clip.prompts import blank_prompts, get_templates
 from clipure_lit.clip.tokenizers import warn_unknown_tokens
 from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_blank_anchor, build_head, class_embeddings
-from clipure_lit.errors import ConfigError
+from clipure_lit.errors import ClipureError, ConfigError
 from clipure_lit.run_folder import checkpoint_hashes
 
 from conftest import tiny_cfg
@@ -165,7 +165,7 @@ def test_bad_tokenizers_are_named_before_the_text_tower_runs(tmp_path):
             load_backbone(tiny_cfg(f"clip.tokenizer={tmp_path / 'toks.py'}:{name}").clip)
     with pytest.raises(ConfigError, match="not an open_clip model name"):
         load_backbone(tiny_cfg("clip.tokenizer=No-Such-Model").clip)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ClipureError, match="does not exist"):  # refused when the config is composed, even
         load_backbone(tiny_cfg(f"clip.tokenizer={tmp_path / 'absent.py'}:f").clip)
 
 

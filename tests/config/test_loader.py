@@ -37,7 +37,8 @@ def test_group_choice_dotted_override_and_experiment_precedence():
 
 
 def test_yaml_values_are_parsed_from_overrides():
-    cfg = load_config(["trainer.devices=[0,1]", "clip.pretrained=null", "purifier=clipure_cos", "purifier.clipure_cos.step_size=10"])
+    cfg = load_config(["trainer.devices=[0,1]", "clip.pretrained=null", "purifier=clipure_cos", "purifier.clipure_cos.step_size=10",
+                       "data.batch_size=2"])
     assert list(cfg.trainer.devices) == [0, 1] and cfg.clip.pretrained is None and cfg.purifier.clipure_cos.step_size == 10.0
 
 
@@ -63,7 +64,7 @@ def test_yaml_file_argument_merges_at_root(tmp_path):
         (["prompts.blank_templates=bar"], ["bar", "openai_imagenet_80"]),
         (["purifier.latent=nope"], ["nope", "identity"]),
         (["data.classnames=nope"], ["nope", "imagenet1k"]),
-        (["trainer.inference_mode=true", "attack.run=[x]"], ["trainer.inference_mode=false"]),
+        (["trainer.inference_mode=true", "attack.run=[aa_clipure]"], ["trainer.inference_mode=false"]),
         (["purifier.latent=clipure_diff", "purifier.clipure_diff.t_max=5000"], ["t_max", "timesteps"]),
         (["notakey=1"], ["notakey", "Valid keys"]),
         (["justaword"], ["justaword", "group=choice"]),
@@ -85,15 +86,25 @@ def test_missing_yaml_file_is_reported_with_its_path(tmp_path):
 
 def test_every_shipped_config_file_validates():
     """Each choice of each group composes against its schema (LHT's test_experiments idea); training experiments
-    (train_*) against train.py's."""
+    (train_*) against train.py's. Files that are not on this machine (an ImageNet root, the LAION prior) are left to
+    tests/config/test_composition_checks.py, and a batch-coupled purifier is composed at the batch size it declares
+    (tests/config/test_batch_coupling.py)."""
+    from functools import partial
+
     from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
+    from clipure_lit.config.validate import validate_config
 
     for group in GROUPS:
         for choice in list_choices(group):
             if group == "experiment" and choice.startswith("train_"):
                 load_config([f"{group}={choice}"], root="train", schema=TrainRunCfg, validate=validate_train_config)
-            else:
-                load_config([f"{group}={choice}"])
+                continue
+            batch = []
+            if group == "purifier":
+                body = yaml.safe_load((PROJECT_ROOT / "conf" / "purifier" / f"{choice}.yaml").read_text())
+                sizes = {v.get("batch_size") for v in body.values() if isinstance(v, dict) and v.get("norm_scope") == "batch"}
+                batch = [f"data.batch_size={size}" for size in sizes - {None}]
+            load_config([f"{group}={choice}", *batch], validate=partial(validate_config, files=False), check_entries=True)
 
 
 def test_experiment_files_only_name_existing_choices():

@@ -1,6 +1,8 @@
 """The batch-size warning of a batch-coupled purifier (CLIPure-Cos with norm_scope=batch) fires when the evaluation's
 data batches differ from ``purifier.clipure_cos.batch_size``, and not for the smaller batches that the masking checks
-(one sample at a time) and AutoAttack (the points still robust) pass through the purifier."""
+(one sample at a time) and AutoAttack (the points still robust) pass through the purifier. A config asking for such
+batches is refused when composed (tests/config/test_batch_coupling.py); the warning is the backstop for what a config
+cannot tell (the process count of trainer.devices=-1) and for classifiers built in Python, as here."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def tiny_ctx(tiny_clip, tmp_path):
     from clipure_lit.purifiers import BuildContext
 
     backbone, tokenizer = tiny_clip
-    cfg = tiny_cfg("purifier=clipure_cos")
+    cfg = tiny_cfg("purifier=clipure_cos", "data.batch_size=2")
     return BuildContext(cfg=cfg, backbone=backbone, tokenizer=tokenizer, text_cache=TextEmbeddingCache(tmp_path), classnames=[])
 
 

@@ -80,8 +80,10 @@ def test_gradient_modes_are_declared_views(space, name, tiny_clip, tmp_path):
         assert all(a is b for a, b in zip(view.parameters(), p.parameters()))
         assert all(a is b for a, b in zip(view.buffers(), p.buffers()))
         with torch.no_grad():
+            # Same maths, not always the same float32 operation order (CLIPure-Cos's as_released mode rounds as the
+            # released code does, full uses the closed form), and ten steps of 30 amplify rounding to a few 1e-6.
             torch.testing.assert_close(view(x, generator=torch.Generator().manual_seed(1)),
-                                       p(x, generator=torch.Generator().manual_seed(1)), rtol=0, atol=1e-6)
+                                       p(x, generator=torch.Generator().manual_seed(1)), rtol=0, atol=1e-5)
     full = p.with_grad_mode(GradMode.full)
     if full is not p:  # a purifier with gradient modes gives the exact gradient in full mode
         assert full.differentiable and not p.with_grad_mode(GradMode.as_released).differentiable

@@ -28,7 +28,7 @@ def test_registry_lists_the_latent_purifiers():
 def test_composed_config_holds_only_the_chosen_purifiers_sections_and_pickles():
     from clipure_lit.config.loader import load_config
 
-    cfg = load_config(["experiment=tiny", "purifier=clipure_cos_plus_jpeg", "purifier.clipure_cos.step_size=10"])
+    cfg = load_config(["experiment=tiny", "purifier=clipure_cos_plus_jpeg", "purifier.clipure_cos.step_size=10", "data.batch_size=2"])
     assert set(cfg.purifier.keys()) == {"latent", "pixel", "seed", "clipure_cos", "jpeg"}
     assert cfg.purifier.clipure_cos.step_size == 10.0
     assert pickle.loads(pickle.dumps(cfg)).purifier.clipure_cos.step_size == 10.0  # DDP-spawned processes get it
@@ -54,18 +54,26 @@ def test_keys_no_chosen_purifier_reads_are_errors(argv, match):
 def test_validation_of_purifier_keys():
     from clipure_lit.config.loader import load_config
 
-    base = ["experiment=tiny", "purifier=clipure_cos"]
+    base = ["experiment=tiny", "purifier=clipure_cos", "data.batch_size=2"]
     cfg = load_config(base)
     assert cfg.purifier.latent == "clipure_cos" and cfg.purifier.clipure_cos.step_size == 30.0 and cfg.purifier.clipure_cos.batch_size == 2
-    assert load_config(["experiment=tiny", "purifier=clipure_cos_full"]).purifier.clipure_cos.grad_mode.value == "full"
+    assert load_config(base + ["purifier=clipure_cos_full"]).purifier.clipure_cos.grad_mode.value == "full"
     with pytest.raises(ConfigError, match="n_noise=0"):
         load_config(["experiment=tiny", "purifier=clipure_diff_tiny", "purifier.clipure_diff.n_noise=0"])
     with pytest.raises(ConfigError, match="t_max=1000"):
         load_config(["experiment=tiny", "purifier=clipure_diff_tiny", "purifier.clipure_diff.t_max=1000"])
     with pytest.raises(ConfigError, match="Invalid value for config key 'purifier.clipure_cos.grad_mode'"):
         load_config(base + ["purifier.clipure_cos.grad_mode=detached"])
-    # The released Diff config composes without its checkpoint; building it reports the missing file.
-    released = load_config(["experiment=tiny", "purifier=clipure_diff"]).purifier.clipure_diff.prior
+    # The released Diff config is refused without its checkpoint (a local file), and composes without the file
+    # checks; building it then reports the missing file.
+    from functools import partial
+
+    from clipure_lit.config.validate import validate_config
+
+    with pytest.raises(DataNotFoundError, match="prior_aes_finetune.pth"):
+        load_config(["experiment=tiny", "purifier=clipure_diff", "data.batch_size=2"])
+    released = load_config(["experiment=tiny", "purifier=clipure_diff", "data.batch_size=2"],
+                           validate=partial(validate_config, files=False)).purifier.clipure_diff.prior
     assert released.dim == 768 and released.checkpoint.endswith("vit-l-14/prior_aes_finetune.pth")
     from clipure_lit.purifiers.prior import load_prior
 
@@ -83,7 +91,8 @@ def test_eval_end_to_end(purifier, tmp_path, monkeypatch):
     spec.loader.exec_module(eval_script)
     monkeypatch.chdir(REPO)  # conf/data/cifar10_jpeg_shared.yaml points to ../shared/data
     metrics = eval_script.main(["experiment=tiny", f"purifier={purifier}", "logger=none", f"run_dir={tmp_path / 'run'}",
-                                f"prompts.cache_dir={tmp_path / 'cache'}", "data.num_samples=16", "data.batch_size=8",
+                                f"prompts.cache_dir={tmp_path / 'cache'}", "data.num_samples=16",
+                                "data.batch_size=2" if purifier == "clipure_cos" else "data.batch_size=8",
                                 "trainer.enable_progress_bar=false"])
     assert metrics["num_samples"] == 16 and 0.0 <= metrics["clean"]["acc"] <= 1.0
     described = {d["class"]: d for d in metrics["purifiers"]}

@@ -149,7 +149,8 @@ def test_gpu_matches_cpu(tmp_path):
 def test_missing_purifier_weights_fail_before_clip_is_loaded(capsys):
     """The prior file is checked first: the error names it even though ViT-L/14 weights are unavailable too."""
     with pytest.raises(SystemExit) as info:
-        eval_script.main(["clip=vitl14_openai", "purifier=clipure_diff", "purifier.clipure_diff.prior.checkpoint=nowhere/prior.pth"])
+        eval_script.main(["clip=vitl14_openai", "purifier=clipure_diff", "data.batch_size=2",
+                          "purifier.clipure_diff.prior.checkpoint=nowhere/prior.pth"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "nowhere/prior.pth" in err and "Pretrained weights" not in err
