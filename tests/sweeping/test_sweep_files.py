@@ -6,20 +6,26 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+from functools import partial
 
 import pytest
 
 import sweep as sweep_script
-from clipure_lit.config.loader import load_config
+from clipure_lit.config.loader import GROUPS, load_config
+from clipure_lit.config.validate import validate_config
 from clipure_lit.errors import ConfigError
-from clipure_lit.sweeping.plan import (check_extra_args, expand, load_sweep, program_args, schema_violations,
-                                       select_runs)
+from clipure_lit.reporting.findings import load_findings
+from clipure_lit.sweeping.findings_runs import part_args
+from clipure_lit.sweeping.plan import (check_extra_args, check_metric, expand, load_sweep, program_args,
+                                       schema_violations, select_runs)
 
 from conftest import PROJECT_ROOT, tiny_sweep_yaml
 
 SWEEP_FILES = sorted((PROJECT_ROOT / "sweeps").rglob("*.yaml"))  # findings/ included
 
-TINY = tiny_sweep_yaml(**{"clip.init_seed": [0, 1], "data.num_samples": [4, 6]})
+# The tiny runs have no attack, so the metric they all log is the clean accuracy.
+TINY = tiny_sweep_yaml(**{"clip.init_seed": [0, 1], "data.num_samples": [4, 6]}).replace("test/robust_acc/worst_case",
+                                                                                        "test/clean_acc")
 
 
 @pytest.fixture
@@ -35,17 +41,39 @@ def test_the_required_sweeps_ship():
             "purifier_comparison", "cos_random_search"} <= names
 
 
+def _arguments_of(path) -> list[list[str]]:
+    """The extra arguments each use of a shipped sweep file gives its runs: none for sweeps/*.yaml; for
+    sweeps/findings/*.yaml those of every study part that runs it (findings/studies.yaml)."""
+    if path.parent.name != "findings":
+        return [[]]
+    findings = load_findings(PROJECT_ROOT / "findings" / "studies.yaml")
+    spec = load_sweep(path)
+    uses = [part_args(findings.common, part.args, spec) for study in findings.studies for part in study.parts
+            if (PROJECT_ROOT / part.sweep).resolve() == path.resolve()]
+    assert uses, f"{path} is run by no study of findings/studies.yaml"
+    return uses
+
+
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.relative_to(PROJECT_ROOT / "sweeps").as_posix())
 def test_sweep_file_follows_the_wandb_schema_and_every_planned_run_validates(path):
+    """Every check sweep.py makes before a run starts passes for the shipped files, with the arguments they are run
+    with: the schema, the parameters and command (load_sweep), the fixed arguments, each run's composed config and
+    the metric it must log (the findings sweeps get their attacks from findings/studies.yaml)."""
     import yaml
 
     assert schema_violations(yaml.safe_load(path.read_text())) == []  # the schema `wandb sweep` applies
     spec = load_sweep(path)
     assert spec.program == "eval.py" and "${args_no_hyphens}" in spec.command
-    assert spec.metric["name"].startswith("test/")  # a metric eval.py logs (see tests/sweeping/test_wandb_agent.py)
+    assert spec.metric["name"] == "test/robust_acc/worst_case" and spec.metric["goal"] == "maximize"
     plan = expand(spec, count=4) if spec.method == "random" else expand(spec)
-    for params in plan[:6]:
-        load_config(program_args(spec, params))  # raises ConfigError on any bad key or value
+    for extra in _arguments_of(path):
+        check_extra_args(spec, extra, groups=GROUPS)
+        for index, params in enumerate(plan[:6] if not extra else plan[:2]):
+            # raises ConfigError on any bad key or value; the top-level sweeps name data and weights this machine
+            # lacks (ImageNet, the LAION prior), which only their file checks would refuse
+            cfg = load_config(program_args(spec, params) + extra,
+                              validate=None if extra else partial(validate_config, files=False))
+            check_metric(spec, cfg, f"run-{index:04d}")
 
 
 def test_schema_violations_are_refused_with_the_fix(tmp_path):
