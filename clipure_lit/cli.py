@@ -114,7 +114,8 @@ def expand_flags(argv: Sequence[str]) -> list[str]:
 def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[object], dict],
             report: Callable[[dict], str] | None = None, root: str = "eval", schema: type | None = None,
             validate: Callable | None = None) -> dict:
-    """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph.
+    """Parse ``argv``, run ``job(cfg)`` and print its report. User errors exit with status 2 and one paragraph,
+    Ctrl-C (KeyboardInterrupt) with status 130 and one line; a job's own ``SystemExit`` (143 after SIGTERM) passes.
 
     ``--verbose`` (``-v``) is the same as ``log_level=debug``. The job runs inside
     :func:`clipure_lit.utils.console.console_logging` in the mode the composed ``log_level`` asks for, and the
@@ -150,4 +151,7 @@ def run_cli(argv: Sequence[str] | None, prog: str, what: str, job: Callable[[obj
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C outside an evaluation's test loop (which reports it itself): no traceback
+        print("stopped: interrupted by SIGINT (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     return metrics

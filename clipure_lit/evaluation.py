@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +22,26 @@ from omegaconf import DictConfig
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from clipure_lit.attacks.checks import declared_batch_dependence
 from clipure_lit.callbacks.build import eval_callbacks
+from clipure_lit.callbacks.resume import merge_records, read_progress
 from clipure_lit.callbacks.results_writer import ResultsWriter
 from clipure_lit.clip.backbone import load_backbone
 from clipure_lit.clip.prompts import get_classnames, get_templates
 from clipure_lit.clip.zeroshot import TextEmbeddingCache, build_head
 from clipure_lit.config.loader import to_plain
-from clipure_lit.config.validate import check_accelerator_present
+from clipure_lit.config.validate import check_accelerator_present, check_evaluated_batches
 from clipure_lit.data.datamodule import ZeroShotDataModule
 from clipure_lit.errors import ConfigError
-from clipure_lit.loggers import build_logger
+from clipure_lit.loggers import RunEnd, build_logger, run_end_for
 from clipure_lit.models.classifier import PurifiedZeroShotClassifier
 from clipure_lit.models.lit_module import ZeroShotLitModule
 from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
-from clipure_lit.results import read_json, write_json
+from clipure_lit.results import MISSING, SampleTable, read_json, summarise, write_json
 from clipure_lit.run_folder import (checkpoint_hashes, close_logger, environment_info, exclusive_run_folder, make_run_dir,
                                     run_log, share_run_dir, write_config, write_environment)
-from clipure_lit.utils.distributed import launcher_rank_is_zero
+from clipure_lit.utils.distributed import launcher_rank_is_zero, unique_by_id
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -132,13 +135,84 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list):
     return pl.Trainer(**kwargs)
 
 
+class _SigintSeen:
+    """While active (in the main thread), notes every SIGINT before the handler that was in place handles it (by
+    default: raising KeyboardInterrupt), so that a Ctrl-C that Lightning turns into another exit is still known as
+    a stop. An ignored SIGINT stays ignored; the previous handler is restored on exit."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.seen = True
+        previous = self._previous if callable(self._previous) else signal.default_int_handler
+        previous(signum, frame)
+
+    def __enter__(self) -> "_SigintSeen":
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def finished_so_far(run_dir: Path, total: int) -> dict:
+    """What an evaluation that did not finish had finished, for its logger's summary: read from the progress
+    files of every rank (``progress/rank<r>.jsonl``: the batches a resumed run keeps), each sample once.
+
+    Returns ``test/samples_done`` (samples with a finished batch), ``test/samples_total`` (``total``, the samples of
+    the whole run) and, when a sample is done, ``test/partial``: ``clean_acc`` / ``clean_correct`` and per attack (and
+    ``worst_case``) ``robust_acc`` / ``robust_correct`` over the finished samples only. Robust numbers are left out
+    when an attack lacks samples that the clean pass has.
+    """
+    columns = merge_records(read_progress(run_dir))[0]
+    if "label" not in columns or "clean_pred" not in columns:
+        return {"test/samples_done": 0, "test/samples_total": total}
+    merged = {name: unique_by_id(ids, values) for name, (ids, values) in columns.items()}
+    table = SampleTable(merged["label"][0])
+    for name, (ids, values) in merged.items():
+        column = torch.full((len(table),), MISSING, dtype=values.dtype)
+        keep = torch.isin(ids, table.ids)
+        column[torch.searchsorted(table.ids, ids[keep])] = values[keep]
+        table.columns[name] = column
+    try:
+        numbers = summarise(table)
+    except RuntimeError:  # an attack without results for some finished samples: clean numbers only
+        numbers = summarise(SampleTable(table.ids, {k: table.columns[k] for k in ("label", "clean_pred")}))
+    partial = {"clean_acc": numbers["clean"]["acc"], "clean_correct": numbers["clean"]["correct"],
+               "robust_acc": {k: v["acc"] for k, v in numbers["robust"].items()},
+               "robust_correct": {k: v["correct"] for k, v in numbers["robust"].items()}}
+    return {"test/samples_done": len(table), "test/samples_total": total, "test/partial": partial}
+
+
+def _finished_or_nothing(run_dir: Path, total: int) -> dict:
+    """:func:`finished_so_far`, or only ``test/samples_total`` when the progress files cannot be read (a warning):
+    the run is ending on another error, which this must not hide."""
+    try:
+        return finished_so_far(run_dir, total)
+    except Exception as exc:  # noqa: BLE001 - the run's own exception is the one to report
+        log.warning("Could not read what the run finished from %s (%s: %s).", Path(run_dir) / "progress",
+                    type(exc).__name__, exc)
+        return {"test/samples_total": total}
+
+
 def run_eval(cfg: DictConfig) -> dict:
     """Evaluate the configured classifier; returns the metrics dict that is also written to ``results.json``.
 
     Under several processes (DDP, nodes) every process uses the same run folder (:func:`make_run_dir`), only rank
     0 writes ``config.yaml``, ``environment.json``, ``results.json``, ``samples.csv`` and ``timings.json``, and every
     rank returns the same metrics. SIGTERM during the test loop stops after the current batch (its progress is on
-    disk) and exits with status 143; ``resume=true`` continues. The run's log goes to ``<run folder>/log.txt``.
+    disk) and exits with status 143, SIGINT (Ctrl-C) stops at once with status 130; ``resume=true`` continues. The
+    logger's run records how the run ended (:func:`~clipure_lit.run_folder.close_logger`): a W&B run gets the exit
+    code, ``status`` and the sample counts, and for a stopped or crashed run what it finished
+    (:func:`finished_so_far`). The run's log goes to ``<run folder>/log.txt``.
     """
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
@@ -160,6 +234,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     with timer.phase("setup_data"):
         datamodule = ZeroShotDataModule(cfg.data)
         datamodule.setup("test")  # fails now, with the path, if the data is missing
+        check_evaluated_batches(cfg, datamodule.num_samples, len(datamodule.skipped_files))  # now the count is known
     described = dict(sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
                      skipped_images=[str(p) for p in datamodule.skipped_files],  # data.on_bad_image=skip
                      checkpoints=checkpoint_hashes(cfg))
@@ -167,6 +242,9 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
     classifier = build_classifier(cfg, datamodule.classnames, timer=timer)
     module = ZeroShotLitModule(classifier)
+    if classifier.batch_coupled:  # flagged in results.json with or without attacks (whose checks would also raise it)
+        found = declared_batch_dependence(classifier)
+        module.summary_hooks.append(lambda m, _summary: m.add_finding(found.flag, found.raised, None, found.message))
     writer = ResultsWriter(run_dir, extra={"environment": env,
                                                                   "purifiers": [p.describe() for p in classifier.purifiers]})
     logger = build_logger(cfg, run_dir, to_plain(cfg))
@@ -175,22 +253,35 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     if processes > 1 and writes:
         log.info("%d processes: the distributed sampler pads the last batches with repeated samples; results are "
                  "gathered and de-duplicated by sample id, so every sample counts once.", processes)
+    total = len(datamodule.sample_ids)
+    wandb_run = type(logger).__name__ == "WandbLogger"
+    sigint = _SigintSeen()
+    end = None
     try:
         # Processes Lightning starts re-run this command line: without run_dir in it, they learn this run's folder
         # from the environment (a suite shares its own folder instead; each of its runs has a run_dir).
         shared = share_run_dir(run_dir) if not cfg.run_dir else contextlib.nullcontext()
-        with timer.phase("test_loop"), shared:
+        with timer.phase("test_loop"), shared, sigint:
             trainer.test(module, datamodule=datamodule, verbose=False)
-    except SIGTERMException:
-        log.warning("Stopped by SIGTERM after the batch in flight; the finished batches are in %s. Continue with the "
-                    "same arguments plus resume=true run_dir=%s", run_dir / "progress", run_dir)
-        raise SystemExit(128 + signal.SIGTERM) from None
+        done = int(module.summary.get("num_samples", 0))
+        end = RunEnd(summary={"test/samples_done": done, "test/samples_total": total})
+    except BaseException as exc:
+        # Lightning turns Ctrl-C (KeyboardInterrupt) into exit status 1; the SIGINT seen says what it was.
+        stop = "SIGTERM" if isinstance(exc, SIGTERMException) else "SIGINT" if sigint.seen else None
+        if wandb_run and trainer.is_global_zero:  # what the W&B run records: what was finished, from the disk
+            end = run_end_for(KeyboardInterrupt() if stop == "SIGINT" else exc, _finished_or_nothing(run_dir, total))
+        if stop is None:
+            raise
+        log.warning("Stopped by %s %s; the finished batches are in %s. Continue with the same arguments plus "
+                    "resume=true run_dir=%s", stop, "after the batch in flight" if stop == "SIGTERM" else "(Ctrl-C)",
+                    run_dir / "progress", run_dir)
+        raise SystemExit(128 + (signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)) from None
     finally:
         if trainer.is_global_zero:  # also after a failure: where the time went up to that point
             write_json(run_dir / "timings.json", {"phases_s": timer.seconds, "counts": timer.counts,
                                                   "note": "wall clock in the launching process; per-sample times of the "
                                                           "test loop's parts are in results.json (time_per_sample_s)"})
-        close_logger(logger)
+        close_logger(logger, end)
 
     if not trainer.is_global_zero:  # only rank 0 wrote results.json (its file system may not be shared)
         return {**module.summary, "run_dir": str(run_dir)}

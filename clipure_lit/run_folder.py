@@ -1,11 +1,13 @@
 """The run folder's lifecycle, the same for an evaluation (``eval.py``) and a training run (``train.py``).
 
 In order, a run calls :func:`make_run_dir` (``cfg.run_dir``, else a folder under ``<cfg.output_root>/<cfg.name>/``
-that every process of a multi-process run agrees on; a folder that cannot be written is a one-paragraph error),
+that every process of a multi-process run agrees on; a launch of another size than ``trainer.devices`` x
+``trainer.num_nodes`` (:func:`check_launch_size`) and a folder that cannot be written are one-paragraph errors),
 holds :func:`exclusive_run_folder` (one run per folder) and :func:`run_log` (the full log of the run, ``log.txt``,
 whatever the console shows) for the rest, :func:`write_config` (the fully resolved ``config.yaml``, before any
 work), :func:`write_environment` (``environment.json``: Python, platform, package versions, git commit, plus what
-the caller adds, e.g. :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`.
+the caller adds, e.g. :func:`checkpoint_hashes`), and, whether the job succeeded or not, :func:`close_logger`
+(which records in the logger's run how the job ended).
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipure_lit.clip.tokenizers import callable_source, is_callable_spec
 from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError
-from clipure_lit.loggers import log_sync_hint
+from clipure_lit.loggers import RunEnd, finish_wandb_run, log_sync_hint, run_end_for
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
 from clipure_lit.utils.console import log_to_file
@@ -45,6 +50,102 @@ _VERSIONED = ("torch", "torchvision", "pytorch-lightning", "open_clip_torch", "d
               "omegaconf", "clip-benchmark", "diffusers")
 
 
+def _devices_per_node(trainer_cfg) -> tuple[int | None, str]:
+    """``(number of devices per node that Lightning makes of trainer.devices, how it reads)``; the number is None
+    when it depends on something this check does not know (an accelerator other than CPU or CUDA, ``-1`` on CPU).
+    ``-1`` and ``auto`` count the visible CUDA devices for ``gpu``/``cuda`` (and ``auto`` with CUDA present), ``auto``
+    is 1 on CPU; a list or ``"0,1"`` counts its ids; a number is itself."""
+    devices, accelerator = trainer_cfg.devices, str(trainer_cfg.get("accelerator", "auto")).lower()
+    shown = f"trainer.devices={devices}"
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices), shown
+    text = str(devices).strip().lower()
+    if "," in text:
+        return len([x for x in text.split(",") if x.strip()]), shown
+    if text not in ("-1", "auto"):
+        try:
+            return int(text), shown
+        except ValueError:
+            return None, shown
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if cuda:
+        count = torch.cuda.device_count()
+        return (count, f"{shown} ({count} visible CUDA devices)") if count else (None, shown)
+    if accelerator in ("cpu", "auto") and text == "auto":
+        return 1, shown
+    return None, shown
+
+
+def _env_int(name: str) -> int | None:
+    """The leading integer of environment variable ``name`` (SLURM writes ``4(x2)`` for 4 tasks on each of 2
+    nodes), or None."""
+    match = re.match(r"\s*(\d+)", os.environ.get(name, ""))
+    return int(match.group(1)) if match else None
+
+
+def check_launch_size(cfg: DictConfig) -> None:
+    """Refuse a run whose launcher started another number of processes or nodes than ``trainer.devices`` x
+    ``trainer.num_nodes`` describes, before anything is created: Lightning would stop on its own check after the
+    run folder exists, or wait for processes that never come.
+
+    The launcher is found as Lightning finds it: SLURM when ``SLURM_NTASKS`` is set and the job is not interactive
+    (``SLURM_NTASKS`` processes, ``SLURM_NNODES`` nodes, ``SLURM_NTASKS_PER_NODE`` per node); else torchrun when
+    ``TORCHELASTIC_RUN_ID`` is set (``WORLD_SIZE`` processes, ``LOCAL_WORLD_SIZE`` per node, ``GROUP_WORLD_SIZE``
+    or ``WORLD_SIZE / LOCAL_WORLD_SIZE`` nodes); else a launch per node with ``NODE_RANK``, which must be below
+    ``trainer.num_nodes``. Without a launcher, nothing is checked. Devices per node are counted as in
+    :func:`_devices_per_node`; when that count is unknown, only the nodes are compared.
+
+    Raises:
+        ConfigError: the launch and the config disagree; the message names both and the keys that match the launch.
+    """
+    if "trainer" not in cfg:
+        return
+    t = cfg.trainer
+    num_nodes = int(t.get("num_nodes", 1) or 1)
+    slurm = "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    torchrun = os.environ.get("TORCHELASTIC_RUN_ID") is not None
+    if slurm:
+        name = "SLURM (srun)"
+        world, nodes = _env_int("SLURM_NTASKS"), _env_int("SLURM_NNODES") or _env_int("SLURM_JOB_NUM_NODES")
+        per_node = _env_int("SLURM_NTASKS_PER_NODE")
+        facts = f"SLURM_NTASKS={world}, SLURM_NNODES={nodes}" + (f", SLURM_NTASKS_PER_NODE={per_node}" if per_node else "")
+        relaunch = "or change the job's --nodes / --ntasks-per-node"
+    elif torchrun:
+        name = "torchrun"
+        world, per_node = _env_int("WORLD_SIZE"), _env_int("LOCAL_WORLD_SIZE")
+        nodes = _env_int("GROUP_WORLD_SIZE") or (world // per_node if world and per_node and world % per_node == 0 else None)
+        facts = f"WORLD_SIZE={world}, LOCAL_WORLD_SIZE={per_node}, {nodes} node(s)"
+        relaunch = "or start torchrun with other --nnodes / --nproc-per-node"
+    else:
+        node_rank = _env_int("NODE_RANK")
+        if node_rank is not None and node_rank >= num_nodes:
+            raise ConfigError(
+                f"This process was started as node NODE_RANK={node_rank}, but trainer.num_nodes={num_nodes} counts nodes "
+                f"0 to {num_nodes - 1}: Lightning would wait for a run that does not include this node. Fix: pass "
+                f"trainer.num_nodes=<number of nodes> (at least {node_rank + 1}) on every node, or unset NODE_RANK for a "
+                "run on one node.")
+        return
+    if world is None:
+        return
+    devices, shown = _devices_per_node(t)
+    if per_node is None and nodes:
+        per_node = world // nodes if world % nodes == 0 else None
+    wrong = (nodes is not None and nodes != num_nodes) or (devices is not None and (
+        devices * num_nodes != world or (per_node is not None and per_node != devices)))
+    if not wrong:
+        return
+    expected = f"{devices} x {num_nodes} = {devices * num_nodes} processes" if devices is not None else f"{num_nodes} node(s)"
+    if per_node and nodes:
+        fix = f"trainer.devices={per_node} trainer.num_nodes={nodes} (devices per node, nodes)"
+    else:
+        fix = f"trainer.devices and trainer.num_nodes whose product is {world}"
+    raise ConfigError(
+        f"{name} started {world} processes ({facts}), but {shown} x trainer.num_nodes={num_nodes} describes {expected}. "
+        f"Lightning takes each process as one device of one node, so the run would fail (or wait for processes that "
+        f"never start) after creating its run folder. Fix: pass {fix} with the same launch, {relaunch} to match the "
+        "config.")
+
+
 def make_run_dir(cfg: DictConfig) -> Path:
     """Create (if needed) and return the run folder; every process of a multi-process run gets the same one.
 
@@ -54,10 +155,15 @@ def make_run_dir(cfg: DictConfig) -> Path:
     (``slurm-<job id>[.<step>]`` under ``srun``, ``torchrun-<rdzv id>``); else a new
     ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution).
 
+    Before anything is created, :func:`check_launch_size` compares the launch with ``trainer.devices`` x
+    ``trainer.num_nodes``.
+
     Raises:
-        ConfigError: a run over several separately launched processes (``trainer.num_nodes`` > 1, torchrun without
-            a rendezvous id, a Lightning launch with ``NODE_RANK``) and no ``run_dir`` nor job id to agree on.
+        ConfigError: the launcher started another number of processes or nodes than the config describes; a run
+            over several separately launched processes (``trainer.num_nodes`` > 1, torchrun without a rendezvous
+            id, a Lightning launch with ``NODE_RANK``) and no ``run_dir`` nor job id to agree on.
     """
+    check_launch_size(cfg)
     inherited = os.environ.get(RUN_DIR_ENV) if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 else None
     job = launcher_job_name()
     if cfg.run_dir:
@@ -252,13 +358,20 @@ def write_environment(run_dir: Path, **extra) -> dict:
     return env
 
 
-def close_logger(logger) -> None:
-    """End the logger's run. For a ``WandbLogger`` this is ``wandb.finish()`` (flushes its files, so the next run in
-    the same process starts a new W&B run) and, for an offline run, the ``wandb sync`` command in the log file; the
-    CSV logger and no logger (``False``/None) need nothing."""
+def close_logger(logger, end: RunEnd | None = None) -> None:
+    """End the logger's run, recording how the job ended: ``end``, or when None, what :func:`run_end_for` makes of
+    the exception propagating through the caller's ``finally`` block (none: finished).
+
+    For a ``WandbLogger`` whose W&B run was started (in this process: the first one of a multi-process run):
+    :func:`~clipure_lit.loggers.finish_wandb_run` (exit code, ``status`` and the summary values of ``end``; a stopped
+    run that its launcher will continue is marked as preempting), which flushes its files, so the next run in the
+    same process starts a new W&B run; for an offline run, the ``wandb sync`` command goes to the log file. The CSV
+    logger and no logger (``False``/None) need nothing."""
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb  # heavy: wandb (~0.5 s to import); only a W&B logger needs it
 
         run = wandb.run
-        wandb.finish()
+        if run is None:  # no W&B run was started (a failure before the test loop, or a process of rank > 0)
+            return
+        finish_wandb_run(run, end if end is not None else run_end_for(sys.exc_info()[1]))
         log_sync_hint(run)

@@ -48,7 +48,8 @@ def format_summary(results: dict) -> str:
         lines.append(f"\nmasking flags: none raised ({len(results['flags'])} checked)")
     wandb = results.get("wandb")
     if wandb:
-        lines.append(f"W&B: offline run, upload it with: wandb sync {wandb['dir']}" if wandb.get("offline")
+        sync = wandb.get("sync", wandb["dir"])  # a resumed run: the folders of all its launches
+        lines.append(f"W&B: offline run, upload it with: wandb sync {sync}" if wandb.get("offline")
                      else f"W&B: {wandb.get('url') or wandb['dir']}")
     lines.append(f"run folder: {results.get('run_dir', '?')} (results.json, samples.csv, config.yaml, log.txt)")
     return "\n".join(lines)

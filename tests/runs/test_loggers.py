@@ -1,6 +1,10 @@
-"""Loggers through Lightning: CSV by default, W&B offline without credentials (real wandb, no network)."""
+"""Loggers through Lightning: CSV by default, W&B offline without credentials (real wandb, no network); how a job's
+end becomes W&B's status and exit code, the W&B run id kept in the run folder, and the preempting mark of a stopped
+run that SLURM requeues."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -71,3 +75,72 @@ def test_run_folder_is_self_describing_and_wandb_gets_table_and_plot(tmp_path, m
     env = json.loads((run / "environment.json").read_text())
     assert set(env) >= {"packages", "git_commit", "sample_ids_sha256", "checkpoints"}
     assert isinstance(logged.get("test/samples"), wandb.Table) and isinstance(logged.get("test/results_plot"), wandb.Image)
+
+
+def test_run_end_maps_how_a_job_ended_to_status_and_exit_code():
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from clipure_lit.errors import ConfigError
+    from clipure_lit.loggers import run_end_for
+
+    ends = {name: run_end_for(exc) for name, exc in {
+        "returned": None, "sigterm": SIGTERMException(), "ctrl-c": KeyboardInterrupt(), "exit0": SystemExit(0),
+        "exit3": SystemExit(3), "user error": ConfigError("bad key"), "bug": ValueError("boom")}.items()}
+    assert {k: (e.status, e.exit_code, e.signal) for k, e in ends.items()} == {
+        "returned": ("finished", 0, None), "sigterm": ("stopped", 143, "SIGTERM"), "ctrl-c": ("stopped", 130, "SIGINT"),
+        "exit0": ("finished", 0, None), "exit3": ("crashed", 3, None), "user error": ("crashed", 2, None),
+        "bug": ("crashed", 1, None)}
+    assert ends["bug"].error == "ValueError: boom"
+
+
+def test_wandb_run_id_is_kept_in_the_run_folder_and_a_bad_one_is_refused(tmp_path, monkeypatch):
+    from clipure_lit.errors import ConfigError
+    from clipure_lit.loggers import WANDB_ID_FILE, wandb_run_id
+
+    for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    first = wandb_run_id(tmp_path)
+    assert len(first) == 8 and (tmp_path / WANDB_ID_FILE).read_text() == first + "\n"
+    assert wandb_run_id(tmp_path) == first  # a later launch of the same run folder: the same W&B run
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
+    assert wandb_run_id(tmp_path) == "agentrun" and (tmp_path / WANDB_ID_FILE).read_text() == "agentrun\n"
+    monkeypatch.delenv("WANDB_SWEEP_ID")
+    (tmp_path / WANDB_ID_FILE).write_text("a/b\n")
+    with pytest.raises(ConfigError, match=r"wandb_run_id holds 'a/b', which is not a W&B run id.*Fix: delete the file"):
+        wandb_run_id(tmp_path)
+
+
+def test_a_stopped_run_that_slurm_requeues_is_marked_preempting(tmp_path, monkeypatch):
+    """Real wandb, offline: the run file records the preempting mark, the exit code and the summary. SLURM does not
+    run here; ``scontrol`` is a script printing what ``scontrol show job -o`` prints for a requeueable job."""
+    import wandb
+
+    from clipure_lit.loggers import RunEnd, finish_wandb_run, slurm_job_requeues
+    from wandb_offline import finished_records, of_type, summary_of
+
+    for name in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "SUBMITIT_EXECUTOR", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert not slurm_job_requeues()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'JobId=4242 JobName=eval UserId=u(1) Requeue=1 Restarts=0 BatchFlag=1'\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_job_requeues()
+    scontrol.write_text("#!/bin/sh\necho 'JobId=4242 JobName=eval Requeue=0 Restarts=0'\n")
+    assert not slurm_job_requeues()
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # sweep.py --launcher slurm: submitit requeues the job
+    assert slurm_job_requeues()
+
+    run = wandb.init(project="clipure_lit", dir=str(tmp_path), mode="offline", id="slurmstop",
+                     settings=wandb.Settings(silent=True))
+    finish_wandb_run(run, RunEnd("stopped", 143, signal="SIGTERM", summary={"test/samples_done": 6}))
+    [path] = tmp_path.glob("wandb/offline-run-*-slurmstop/run-slurmstop.wandb")
+    records = finished_records(path)
+    assert len(of_type(records, "preempting")) == 1 and [e.exit_code for e in of_type(records, "exit")] == [143]
+    summary = summary_of(records)
+    assert {k: summary[k] for k in ("status", "stopped_by", "test/samples_done")} == {
+        "status": "stopped", "stopped_by": "SIGTERM", "test/samples_done": 6}

@@ -1,15 +1,15 @@
 """A run launched by a W&B agent reports to its sweep. The agent is simulated offline: the environment it gives the
 run (``WANDB_SWEEP_ID``, ``WANDB_RUN_ID``, ``WANDB_SWEEP_PARAM_PATH``, ``WANDB_PROJECT``) and the command a shipped
-sweep file expands to; the offline run file is then read back record by record."""
+sweep file expands to; the offline run file is then read back record by record. A sweep run stopped by SIGTERM (a
+preemption: W&B requeues it) is marked as preempting; one stopped by Ctrl-C is not."""
 
 from __future__ import annotations
 
 import json
 import os
-import struct
+import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,37 +17,13 @@ import yaml
 from clipure_lit.sweeping.plan import command_args, expand, load_sweep
 
 from conftest import PROJECT_ROOT, needs_shared_cifar
+from wandb_offline import clean_env, finished_batches, of_type, run_files, stop_eval, summary_of, wandb_records
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
-TINY_ATTACK = ["experiment=tiny", "data.num_samples=4", "data.batch_size=4", "trainer.num_threads=1",
+TINY_ATTACK = ["experiment=tiny", "data.num_samples=4", "data.batch_size=2", "trainer.num_threads=1",
                "trainer.enable_progress_bar=false", "attack.n_iter=1", "attack.entries.aa_clipure.n_restarts=1",
                "attack.entries.aa_clipure.n_target_classes=2", "attack.checks=false"]
-
-
-def wandb_records(path: Path):
-    """The protobuf records of an offline W&B run file: a 7-byte header (``:W&B``, magic, version), then records in
-    32 KiB blocks, each fragment with a 7-byte header (CRC32C, little-endian length, type: 1 full, 2 first,
-    3 middle, 4 last); a block's tail shorter than a header is padding."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", path
-    pos, block, pending = 7, 32 * 1024, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:  # zero fill
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            yield record
 
 
 @needs_shared_cifar
@@ -73,6 +49,9 @@ def test_agent_launched_run_records_sweep_id_swept_config_and_the_sweep_metric(t
     records = list(wandb_records(files[0]))
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.sweep_id == "abc123" and run.run_id == "run7"
+    assert (tmp_path / "run" / "wandb_run_id").read_text().strip() == "run7"  # a later resume=true continues it
+    assert [e.exit_code for e in of_type(records, "exit")] == [0] and of_type(records, "preempting") == []
+    assert summary_of(records)["status"] == "finished"
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
     assert {k: config[k] for k in params} == params  # the swept parameters, under the sweep's own keys
     summary = {u.key or "/".join(u.nested_key): json.loads(u.value_json)
@@ -80,3 +59,28 @@ def test_agent_launched_run_records_sweep_id_swept_config_and_the_sweep_metric(t
     metric = spec.metric["name"]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary[metric] == pytest.approx(results["robust"]["worst_case"]["acc"])
+
+
+@needs_shared_cifar
+@pytest.mark.timeout(600)
+def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ctrl_c_is_not(tmp_path):
+    """SIGTERM to a sweep's run is how a scheduler preempts it (W&B requeues a preempting run); Ctrl-C, or a stop
+    from W&B's web page (a KeyboardInterrupt in the run), is a user's stop: exit 130, failed, not requeued."""
+    run_dir = tmp_path / "run"
+    env = clean_env(WANDB_SWEEP_ID="abc123", WANDB_RUN_ID="run8", WANDB_PROJECT="clipure_lit")
+    args = ["experiment=tiny", f"run_dir={run_dir}", f"prompts.cache_dir={tmp_path / 'text'}", "data.num_samples=40",
+            "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1", "attack.checks=false",
+            "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
+    assert stop_eval(args, run_dir, signal.SIGINT, after=1, env=env, log=tmp_path / "first.log") == 130
+    assert stop_eval(args + ["resume=true"], run_dir, signal.SIGTERM, after=len(finished_batches(run_dir)) + 1,
+                     env=env, log=tmp_path / "second.log") == 143
+    first, second = run_files(run_dir)
+    assert first.name == second.name == "run-run8.wandb"
+    records = [list(wandb_records(f)) for f in (first, second)]
+    assert [[e.exit_code for e in of_type(r, "exit")] for r in records] == [[130], [143]]
+    assert [len(of_type(r, "preempting")) for r in records] == [0, 1]
+    assert [summary_of(r)["stopped_by"] for r in records] == ["SIGINT", "SIGTERM"]
+    assert summary_of(records[1])["test/samples_done"] == len({i for b in finished_batches(run_dir)
+                                                                 for i in b["columns"]["label"]["ids"]})
+    log = (tmp_path / "first.log").read_text()
+    assert "Stopped by SIGINT (Ctrl-C)" in log and "Traceback" not in log
