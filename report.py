@@ -1,5 +1,5 @@
-"""Ablation report of a group of runs: table (CSV, Markdown), plots (PNG) and paired McNemar comparisons; or the
-findings document (docs/findings.md) made from the committed runs of findings/studies.yaml.
+"""Ablation report of a group of runs: table (CSV, Markdown, LaTeX), plots (PNG) and paired McNemar comparisons;
+or the findings document (docs/findings.md) made from the committed runs of findings/studies.yaml.
 
     python report.py runs/sweeps/cos_step_size_x_steps            # a sweep folder
     python report.py runs/a runs/b --out runs/a_vs_b --baseline a  # any run folders; compare against run 'a'
@@ -9,6 +9,7 @@ findings document (docs/findings.md) made from the committed runs of findings/st
     python report.py --findings --recompute          # run every study into runs/findings (resumable), then write
                                                      # runs/findings/findings.md from those runs
     python report.py --findings --recompute --study epsilon          # one study
+    python report.py --findings --recompute --retry-failed           # also run again the runs that failed
     python report.py --findings --runs runs/findings --freeze --overwrite   # replace the committed runs with them
 
 Exit status: 0 on success; 1 when --check finds a difference or a recomputed run failed; 2 for bad input; 130 / 143
@@ -33,6 +34,10 @@ def _findings(args) -> int:
     from clipure_lit.reporting.findings import load_findings, render_findings
 
     findings = load_findings(args.studies)
+    if args.retry_failed and not args.recompute:
+        from clipure_lit.errors import ConfigError
+
+        raise ConfigError("--retry-failed runs failed runs again and needs --recompute (without it no run is started).")
     if args.study and not args.recompute:
         from clipure_lit.errors import ConfigError
 
@@ -47,7 +52,9 @@ def _findings(args) -> int:
 
             raise ConfigError(f"--recompute writes run folders, and --runs {runs} holds the committed ones. Fix: recompute "
                               "into another folder (default runs/findings), then --freeze --overwrite to replace them.")
-        results = recompute(findings, runs, args.study)
+        from clipure_lit.sweeping.launcher import SweepOptions
+
+        results = recompute(findings, runs, args.study, SweepOptions(wandb="off", retry_failed=args.retry_failed))
         stopped = next((r.stopped_by for _, r in results if r.stopped_by is not None), None)
         bad = [name for name, r in results if r.failed or r.stopped_by is not None]
         if bad:
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict | int:
     findings.add_argument("--runs", help=f"folder of the studies' runs (default {COMMITTED_RUNS}; with --recompute runs/findings)")
     findings.add_argument("--recompute", action="store_true", help="run (or resume) every study's runs first")
     findings.add_argument("--study", action="append", help="with --recompute: only this study (repeatable)")
+    findings.add_argument("--retry-failed", action="store_true",
+                          help="with --recompute: run again the runs whose last attempt failed (listed with their reason)")
     findings.add_argument("--check", action="store_true", help=f"compare {DOC} with what the runs give; exit 1 if it differs")
     findings.add_argument("--freeze", action="store_true", help=f"copy the runs' config.yaml/results.json/samples.csv into {COMMITTED_RUNS}")
     findings.add_argument("--overwrite", action="store_true", help="with --freeze: replace the committed runs")

@@ -7,14 +7,20 @@ The same file works unchanged with `wandb sweep` + `wandb agent` (runs launched 
     python sweep.py sweeps/cos_step_size_x_steps.yaml --where purifier.clipure_cos.num_steps=10   # a part of a grid
     python sweep.py sweeps/epsilon.yaml --launcher slurm --partition gpu --gpus-per-run 1 --time 240 trainer=gpu
     python sweep.py sweeps/cos_step_size_x_steps.yaml experiment=demo                  # again: resumes, skips finished runs
+    python sweep.py sweeps/cos_step_size_x_steps.yaml experiment=demo --retry-failed   # also launch failed runs again
     python report.py runs/sweeps/cos_step_size_x_steps                                 # table + plots
 
 Arguments after the sweep file (key=value, group=choice) are added to every run; one that sets a swept key is
 refused. Every run's command is checked as eval.py would check it before anything starts. Ctrl-C (or SIGTERM)
 stops the local runs after their current batch (a second Ctrl-C kills them) and prints how to resume.
 
-Exit status: 0 when every selected run finished (or was submitted); 1 when a run failed; 2 for bad input; 130 / 143
-when stopped by SIGINT / SIGTERM.
+Running the command again lists each earlier attempt's state and reason (SLURM: from sacct), resumes interrupted
+runs (time limit, preemption, cancellation, node failure, a signal) and starts new ones; runs that failed are
+listed and launched again only with --retry-failed (after OUT_OF_MEMORY, only with a larger --mem-gb).
+
+Exit status: 0 when every selected run finished, was submitted or is still queued/running; 1 when a selected run
+failed (in this call, or earlier and not retried) or was interrupted from outside; 2 for bad input (nothing is
+launched); 130 / 143 when stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ def _slurm_args(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the sweep; returns ``state.json``'s content. Exits (``SystemExit``) with status 1 when a run failed, 2
-    for bad input, 128 + the signal number when stopped by a signal."""
+    """Run the sweep; returns ``state.json``'s content. Exits (``SystemExit``) with status 1 when a selected run is
+    failed (in this call, or earlier and not retried) or was interrupted from outside, 2 for bad input, 128 + the
+    signal number when stopped by a signal. A dry run exits 0 unless the input is bad."""
     from clipure_lit.errors import ClipureError
     from clipure_lit.sweeping.launcher import SlurmOptions, SweepOptions, format_sweep, run_sweep
     from clipure_lit.sweeping.plan import load_sweep
@@ -82,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
                        help="any other sbatch option, e.g. --slurm-arg account=myproject --slurm-arg qos=high")
     slurm.add_argument("--resubmit", action="store_true",
                        help="resubmit runs whose earlier SLURM job state cannot be read (sacct unavailable)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="launch again the runs whose last attempt failed (without it they are listed with their "
+                             "reason and left alone; a run that ran out of memory also needs a larger --mem-gb)")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -91,20 +101,23 @@ def main(argv: list[str] | None = None) -> dict:
                             gpus_per_run=args.gpus_per_run, count=args.count, seed=args.seed, runs=args.runs,
                             where=args.where, timeout_min=args.timeout / 60 if args.timeout else None,
                             grace_s=args.grace, wandb=args.wandb,
-                            dry_run=args.dry_run, resubmit=args.resubmit,
+                            dry_run=args.dry_run, resubmit=args.resubmit, retry_failed=args.retry_failed,
                             slurm=SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_run=args.cpus_per_run,
                                                mem_gb=args.mem_gb, extra=_slurm_args(args.slurm_arg)))
         result = run_sweep(spec, out, args.overrides, opts)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    resume = shlex.join(["python", "sweep.py", *[a for a in argv if a not in ("--dry-run", "--resubmit")]])
+    once = ("--dry-run", "--resubmit", "--retry-failed")  # decisions for this call, not part of resuming
+    resume = shlex.join(["python", "sweep.py", *[a for a in argv if a not in once]])
     text = format_sweep(result, resume)
     if text:
         print(text)
+    if result.dry_run:
+        return result.state
     if result.stopped_by is not None:
         raise SystemExit(128 + int(result.stopped_by))
-    if result.failed:
+    if result.failed or result.interrupted:
         raise SystemExit(1)
     return result.state
 

@@ -66,6 +66,16 @@ def stop_group(pgid: int, grace_s: float, reap=None) -> None:
             time.sleep(0.05)
 
 
+def describe_status(code: int) -> str:
+    """``"exit status 2"``, or ``"killed by SIGKILL"`` for a command ended by a signal (a negative status)."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def read_pid(path: str | Path) -> int | None:
     try:
         return int(Path(path).read_text().split()[0])
@@ -80,7 +90,9 @@ class RunCommand:
         argv: the full command (interpreter, program, arguments).
         cwd: working directory of the command.
         log_path: the run's log (``stdout.log``; task ``k`` > 0 of a multi-task job writes ``stdout.rank<k>.log``).
-            Each launch appends a header line, so an earlier attempt's output is kept.
+            Each launch appends a header line (``==== <time> launch: <command>``), so an earlier attempt's output is
+            kept, and a closing line when the command has ended (``==== <time> end: exit status 2`` or ``... end:
+            killed by SIGKILL``; absent when the job itself was killed first).
         pid_path: where the command's process-group id is written (task ``k`` > 0: ``<pid_path>.rank<k>``).
         env_set / env_unset: changes to the job's environment for the command (e.g. ``CUDA_VISIBLE_DEVICES``).
         grace_s: how long the command may take to stop after SIGTERM before it is killed.
@@ -137,6 +149,7 @@ class RunCommand:
                 self.stop()
             if self._status is not None:  # reaped by stop() inside a signal handler
                 code = self._status
+            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} end: {describe_status(code)}\n")
         if code and self.raise_on_failure:
             raise subprocess.CalledProcessError(code, self.argv, output=f"see {log_path}")
         return code

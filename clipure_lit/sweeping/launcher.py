@@ -2,7 +2,8 @@
 
 Layout of the sweep folder:
     plan.json            the planned configurations (made once; a resumed sweep reuses it)
-    state.json           per run: status, return code, duration, log file, launches, SLURM job id
+    state.json           per run: status, log file, launches, job id, and every attempt (launch) with its outcome:
+                         state, class, reason, exit status, memory (see :mod:`clipure_lit.sweeping.outcomes`)
     <run id>/            an ordinary eval.py run folder (results.json, samples.csv, config.yaml, progress/, wandb/)
     <run id>/stdout.log  the run's output; every launch appends (with a header line) instead of overwriting
     .submitit/           submitit's job files (pickled commands, its own logs) and the runs' process-group ids
@@ -13,6 +14,12 @@ run's resolved config: a finished run is skipped, an interrupted one continues (
 are kept), and one whose resolved config changed (other extra arguments, another config file) is moved to
 ``<sweep folder>.superseded/`` and run again.
 
+A later call settles what earlier launches became: SLURM array tasks from one ``sacct`` call for the whole sweep
+(falling back, with one warning, to submitit's result files when sacct cannot be read), local runs from their
+exit status. Interrupted runs (time limit, preemption, cancellation, node failure, a signal) are resumed; failed
+runs are resubmitted only with ``retry_failed`` (and, after OUT_OF_MEMORY, only with more memory); runs whose job
+is still queued or running are left alone. The earlier attempts of the selected runs are logged as a table.
+
 Stopping (local launcher): the first SIGINT/SIGTERM/SIGHUP sends SIGTERM to every running run's process group
 (a run stops after its current batch; its progress is on disk), starts nothing new, and SIGKILLs what is left
 after ``grace_s`` or at a second signal; states are recorded and the command that resumes is printed.
@@ -20,7 +27,9 @@ after ``grace_s`` or at a second signal; states are recorded and the command tha
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -37,14 +46,13 @@ from clipure_lit.config.loader import GROUPS, load_config, to_plain
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import wandb_credentials_present
 from clipure_lit.results import write_json
+from clipure_lit.sweeping import outcomes as oc
 from clipure_lit.sweeping.job import RequeueableRunCommand, RunCommand, group_alive, read_pid
-from clipure_lit.sweeping.plan import SweepSpec, check_count, check_extra_args, expand, program_args, select_runs
+from clipure_lit.sweeping.plan import (SweepSpec, check_count, check_extra_args, check_metric, expand, program_args,
+                                       select_runs)
 
 log = logging.getLogger(__name__)
 
-# SLURM job states of a run that is still queued or computing (anything else is over, or unknown).
-_SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-                 "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
 _NO_TIMEOUT_MIN = 60 * 24 * 365  # submitit's local jobs always have a time limit; "none" is a year
 
 
@@ -65,7 +73,8 @@ class SweepOptions:
     """How ``sweep.py`` runs a plan. ``parallel``: runs at the same time (local) or array tasks at the same time
     (SLURM); ``gpus`` (local): GPU ids shared out in groups of ``gpus_per_run``, one group per concurrent run;
     ``wandb``: ``offline`` (default: each run writes an offline W&B run, synced later), ``online``, or ``off`` (the
-    runs' own logger setting)."""
+    runs' own logger setting); ``retry_failed``: launch again the runs whose last attempt failed (otherwise they are
+    reported and left alone); ``resubmit``: launch again the runs whose SLURM job state cannot be read."""
 
     launcher: str = "local"
     parallel: int | None = None
@@ -80,6 +89,7 @@ class SweepOptions:
     wandb: str = "offline"
     dry_run: bool = False
     resubmit: bool = False
+    retry_failed: bool = False
     python: str = field(default_factory=lambda: sys.executable)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
@@ -88,8 +98,10 @@ class SweepOptions:
 class SweepResult:
     """What a call to :func:`run_sweep` did. ``state``: ``state.json``'s content (every run seen so far);
     ``actions``: this call's decision per selected run (``run``, ``resume``, ``rerun`` (stale), ``skip``
-    (finished), ``queued`` (its SLURM job is pending or running), ``busy`` (still running locally));
-    ``stopped_by``: the signal that stopped the sweep, if any; ``job_id``: the SLURM job."""
+    (finished), ``queued`` (its SLURM job is pending or running, or its state is unknown), ``busy`` (still running
+    locally), ``failed`` (its last attempt failed and it is not retried)); ``stopped_by``: the signal that stopped
+    the sweep, if any; ``job_id``: the SLURM job. :attr:`failed` and :attr:`interrupted` are the selected runs in
+    that state after this call."""
 
     out: Path
     state: dict
@@ -107,6 +119,11 @@ class SweepResult:
     @property
     def interrupted(self) -> list[str]:
         return [r for r in self.actions if self.state.get(r, {}).get("status") == "interrupted"]
+
+    @property
+    def held(self) -> list[str]:
+        """Selected runs that failed earlier and were not launched again (no ``retry_failed``)."""
+        return [r for r, a in self.actions.items() if a == "failed"]
 
 
 def run_id(index: int) -> str:
@@ -209,19 +226,68 @@ def _check_devices(cfg, opts: SweepOptions, name: str) -> None:
         log.warning(message)
 
 
-def _slurm_state(folder: Path, job_id: str) -> str:
-    try:
-        import submitit  # heavy-ish: only when an earlier SLURM submission is recorded
-
-        return submitit.SlurmJob(folder=folder, job_id=job_id).get_info(mode="force").get("State") or "UNKNOWN"
-    except Exception as exc:  # sacct missing or failing: the state is unknown, not an error of the sweep
-        log.debug("cannot read the state of SLURM job %s: %s", job_id, exc)
-        return "UNKNOWN"
+def _settle_submitted(out: Path, state: dict, names: list[str]) -> dict[str, str]:
+    """Record the outcome of every run in ``names`` whose last attempt was submitted to SLURM and is not settled:
+    finished when its results.json exists, else its array task's state from ONE ``sacct`` call for the whole sweep.
+    When sacct cannot be read (one warning), submitit's result file of the task decides, else the state stays
+    unknown. Returns the runs still waiting: run -> SLURM state (an active one, ``UNKNOWN`` or another unknown
+    state such as ``REVOKED``)."""
+    pending = {}
+    for name in names:
+        entry = state.get(name)
+        if not entry or entry.get("status") != "submitted" or not entry.get("job_id"):
+            continue
+        if (out / name / "results.json").is_file():
+            oc.settle(entry, state="COMPLETED", outcome=oc.FINISHED)
+        else:
+            pending[name] = entry
+    if not pending:
+        return {}
+    info, error = oc.query_sacct([entry["job_id"] for entry in pending.values()])
+    if error:
+        log.warning("cannot read the SLURM job states of this sweep (%s). Each run's state comes from state.json and "
+                    "submitit's result files instead; a run whose state stays unknown is left alone (pass --resubmit "
+                    "once its job is no longer queued or running).", error)
+    waiting = {}
+    for name, entry in pending.items():
+        job_id = entry["job_id"]
+        tail, footer = oc.read_log(out / name / "stdout.log")
+        task = info.get(job_id)
+        if task:
+            outcome = oc.slurm_outcome(task.get("state", ""))
+            if outcome in (oc.ACTIVE, oc.UNKNOWN):
+                waiting[name] = task.get("state") or "UNKNOWN"
+                continue
+            reason = oc.slurm_reason(task, footer, tail)
+            if outcome == oc.FINISHED:  # a COMPLETED task always leaves results.json: this one's is gone
+                outcome, reason = oc.FAILED, f"{reason}; but {out / name / 'results.json'} does not exist"
+            accounting = ("exit_code", "derived_exit_code", "slurm_reason", "elapsed", "max_rss", "req_mem")
+            oc.settle(entry, state=task.get("state"), outcome=outcome, reason=reason,
+                      **{k: task.get(k) for k in accounting}, ended=task.get("end"), log_tail=tail)
+            continue
+        result = oc.submitit_result(out / ".submitit", job_id)
+        if result is None:
+            waiting[name] = "UNKNOWN"
+            continue
+        kind, value = result
+        code = (value if isinstance(value, int) else 0) if kind == "success" else oc.exit_of_traceback(str(value))
+        if kind == "success":
+            outcome, why = oc.FAILED, "exit status 0 without results.json"
+        else:
+            outcome = oc.INTERRUPTED if oc.exit_signal(code) else oc.FAILED
+            why = oc.describe_exit(code) if code is not None else str(value).strip().splitlines()[-1][:300]
+        reason = f"submitit's result file: {why}" + (f": {tail[-1]}" if tail else "")
+        oc.settle(entry, state="SIGNALED" if outcome == oc.INTERRUPTED else "FAILED", outcome=outcome, reason=reason,
+                  exit_code=code, signal=oc.exit_signal(code), log_tail=tail)
+    return waiting
 
 
 @dataclass
 class _Run:
-    """One selected run: what this call does with it (``action``), the program and its arguments."""
+    """One selected run: what this call does with it (``action``), why (``why``: ``new``, ``interrupted`` (an
+    earlier attempt stopped from outside), ``retry`` (failed, retried), ``resubmit`` (unknown SLURM state,
+    ``--resubmit``), ``stale`` (config changed), ``finished``, ``queued``, ``busy``, ``failed`` (not retried)),
+    the program and its arguments."""
 
     index: int
     params: dict
@@ -230,6 +296,8 @@ class _Run:
     program: str
     args: list[str]
     note: str = ""
+    why: str = ""
+    seen: str = ""  # the SLURM state of a run whose job is still waiting or running
 
     @property
     def name(self) -> str:
@@ -237,7 +305,10 @@ class _Run:
 
 
 def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[str], opts: SweepOptions,
-              previous: dict) -> _Run:
+              previous: dict, waiting: dict[str, str]) -> _Run:
+    """Compose and check the run's command (as eval.py would), then decide what to do with it from its earlier
+    attempts (``previous``: state.json, settled) and its folder. ``waiting``: runs whose SLURM job is still active
+    or whose state is unknown (:func:`_settle_submitted`)."""
     run_dir = out / run_id(index)
     args = run_args(spec, params, extra, run_dir, opts.wandb, resume=False)
     cfg = load_config(args)  # the same composition and checks as eval.py: raises its ConfigError, word for word
@@ -245,30 +316,51 @@ def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[
         raise ConfigError(f"{run_id(index)} would run suite '{cfg.suite.name}' (several evaluations in one run folder), "
                           "but a sweep run is one evaluation: its results.json is what the sweep resumes, reports and "
                           "optimises. Fix: add suite=none (an experiment such as experiment=demo selects a suite).")
+    check_metric(spec, cfg, run_id(index))  # the sweep's metric must be one this run logs (its attacks decide)
     _check_devices(cfg, opts, run_id(index))
-    entry = previous.get(run_id(index), {})
-    if entry.get("status") == "submitted" and entry.get("job_id") and not (run_dir / "results.json").is_file():
-        state = _slurm_state(out / ".submitit", entry["job_id"])
-        if state.split()[0] in _SLURM_ACTIVE or (state == "UNKNOWN" and not opts.resubmit):
-            note = (f"SLURM job {entry['job_id']} is {state}" if state != "UNKNOWN" else
-                    f"the state of SLURM job {entry['job_id']} cannot be read (sacct); pass --resubmit if it is not "
-                    "running any more")
-            return _Run(index, params, run_dir, "queued", spec.program, args, note)
-    pgid = read_pid(_pid_path(out, run_id(index)))
+    name = run_id(index)
+    entry = previous.get(name, {})
+    history = oc.attempts(entry) if entry else []
+    why = ""
+    if name in waiting:
+        seen, job_id = waiting[name], entry.get("job_id")
+        if oc.slurm_outcome(seen) == oc.ACTIVE or not opts.resubmit:
+            note = (f"SLURM job {job_id} is {seen}" if oc.slurm_outcome(seen) == oc.ACTIVE else
+                    f"the state of SLURM job {job_id} is unknown ({seen}); pass --resubmit if it is no longer queued "
+                    "or running")
+            return _Run(index, params, run_dir, "queued", spec.program, args, note, why="queued", seen=seen)
+        oc.settle(entry, state=seen, outcome=oc.UNKNOWN, reason=f"{seen}: the job's state is unknown; resubmitted "
+                  "(--resubmit)")
+        why = "resubmit"
+    pgid = read_pid(_pid_path(out, name))
     if pgid and _runs_in(pgid, run_dir):
         return _Run(index, params, run_dir, "busy", spec.program, args,
                     f"still running as process group {pgid} (started by an earlier sweep.py that ended without stopping it; "
-                    f"stop it with: kill -TERM -{pgid})")
-    if not run_dir.is_dir() or not ((run_dir / "results.json").is_file() or _has_progress(run_dir)):
-        return _Run(index, params, run_dir, "run", spec.program, args)
+                    f"stop it with: kill -TERM -{pgid})", why="busy")
+    if entry.get("status") == "running":  # its sweep.py ended (killed) before recording the outcome
+        reason, tail, _ = oc.with_log("the sweep.py that launched it ended before recording its outcome",
+                                      run_dir / "stdout.log")
+        oc.settle(entry, state="LOST", outcome=oc.INTERRUPTED, reason=reason, log_tail=tail)
+    finished = (run_dir / "results.json").is_file()
+    if entry.get("status") == "failed" and not finished:
+        if not opts.retry_failed:
+            return _Run(index, params, run_dir, "failed", spec.program, args,
+                        entry.get("reason") or entry.get("error") or oc.describe_exit(entry.get("returncode")),
+                        why="failed")
+        why = "retry"
+    why = why or ("interrupted" if history or (run_dir.is_dir() and _has_progress(run_dir)) else "new")
+    if not run_dir.is_dir() or not (finished or _has_progress(run_dir)):
+        return _Run(index, params, run_dir, "run", spec.program, args, why=why)
     changes = config_changes(run_dir, to_plain(cfg))
     if changes is None or changes:
-        why = ("its saved config cannot be read" if changes is None
-               else "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else ""))
-        return _Run(index, params, run_dir, "rerun", spec.program, args, f"config changed: {why}")
-    if (run_dir / "results.json").is_file():
-        return _Run(index, params, run_dir, "skip", spec.program, args)
-    return _Run(index, params, run_dir, "resume", spec.program, run_args(spec, params, extra, run_dir, opts.wandb, resume=True))
+        detail = ("its saved config cannot be read" if changes is None
+                  else "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else ""))
+        return _Run(index, params, run_dir, "rerun", spec.program, args, f"config changed: {detail}",
+                    why=why if why in ("retry", "resubmit") else "stale")
+    if finished:
+        return _Run(index, params, run_dir, "skip", spec.program, args, why="finished")
+    return _Run(index, params, run_dir, "resume", spec.program,
+                run_args(spec, params, extra, run_dir, opts.wandb, resume=True), why=why)
 
 
 def _supersede(run: _Run, out: Path) -> Path:
@@ -359,16 +451,6 @@ def _runs_in(pgid: int, run_dir: Path) -> bool:
         return not Path("/proc/self").exists()  # no /proc: trust the group id
 
 
-def _status(run: _Run, code: int | None, stopping: bool) -> str:
-    """``finished`` (exit 0 and results.json), ``interrupted`` (stopped by the launcher or by SIGTERM/SIGINT) or
-    ``failed``."""
-    if code == 0 and (run.run_dir / "results.json").is_file():
-        return "finished"
-    if stopping or code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT):
-        return "interrupted"
-    return "failed"
-
-
 def _launch_local(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, save) -> int | None:
     """Run ``runs`` through submitit's local executor, at most one per GPU slot at a time; returns the signal that
     stopped the sweep, or None. However it ends (also by an unexpected error), no run's process is left behind."""
@@ -416,9 +498,10 @@ def _launch_local(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, 
                         _pid_path(out, run).unlink(missing_ok=True)
                         job = executor.submit(_command(run, opts, out, gpus, requeue=False))
                         active[slot] = (run, job, time.monotonic())
-                        state[run.name] = {"params": run.params, "status": "running", "log": str(run.run_dir / "stdout.log"),
-                                           "launches": state.get(run.name, {}).get("launches", 0) + 1,
-                                           "resumed": run.action == "resume", "job_id": job.job_id}
+                        entry = state.setdefault(run.name, {})
+                        oc.start_attempt(entry, launcher="local", job_id=job.job_id, action=run.action,
+                                         **({"gpus": ",".join(gpus)} if gpus else {}))
+                        _open_entry(entry, run, "running", job.job_id)
                         save()
                         verb = {"run": "started", "resume": "resumed", "rerun": "started again"}[run.action]
                         log.info("%s %s%s", run.name, verb, f" on GPU {','.join(gpus)}" if gpus else "")
@@ -456,8 +539,16 @@ def _reap_leftovers(runs: list[_Run], out: Path, grace_s: float) -> None:
             pass
 
 
+def _open_entry(entry: dict, run: _Run, status: str, job_id: str) -> None:
+    """The run's entry once a new attempt is launched (its earlier attempts' outcomes stay in its history)."""
+    entry.update(params=run.params, status=status, log=str(run.run_dir / "stdout.log"), resumed=run.action == "resume",
+                 job_id=job_id)
+    for key in ("reason", "error", "returncode", "seconds"):
+        entry.pop(key, None)
+
+
 def _record(run: _Run, job, started: float, stopping: bool, opts: SweepOptions, state: dict, runs: list[_Run]) -> None:
-    """Put a finished job's outcome into ``state`` and log it."""
+    """Put a finished local job's outcome into ``state`` (the run's status and its attempt) and log it."""
     code, error = None, ""
     if job.paths.result_pickle.exists():
         try:
@@ -467,16 +558,29 @@ def _record(run: _Run, job, started: float, stopping: bool, opts: SweepOptions, 
     else:
         error = "the job ended without a result (killed)"
     seconds = time.monotonic() - started
-    if opts.timeout_min and seconds >= 60 * opts.timeout_min:
-        error = f"stopped at the --timeout of {60 * opts.timeout_min:g} s"
-    status = _status(run, code, stopping)
-    state[run.name].update(status=status, returncode=code, seconds=round(seconds, 2))
-    state[run.name].pop("error", None)
-    if error and status != "finished":
-        state[run.name]["error"] = error
+    timed_out = bool(opts.timeout_min and seconds >= 60 * opts.timeout_min)
+    has_results = (run.run_dir / "results.json").is_file()
+    name = oc.local_state(code, has_results, stopping, timed_out)
+    outcome = oc.LOCAL_STATES[name][0]
+    if name == "TIMEOUT":
+        reason = f"stopped at the --timeout of {60 * opts.timeout_min:g} s"
+    elif name == "STOPPED":
+        reason = f"stopped by sweep.py ({oc.describe_exit(code)})"
+    elif code == 0:
+        reason = "exit status 0 without results.json"
+    else:
+        reason = oc.describe_exit(code) if code is not None else error
+    tail: list[str] = []
+    if outcome != oc.FINISHED:
+        reason, tail, _ = oc.with_log(reason, run.run_dir / "stdout.log")
+    entry = state[run.name]
+    oc.settle(entry, state=name, outcome=outcome, reason=None if outcome == oc.FINISHED else reason, exit_code=code,
+              signal=oc.exit_signal(code), seconds=round(seconds, 2), log_tail=tail)
+    entry.update(returncode=code, seconds=round(seconds, 2))
+    status = entry["status"]
     done = sum(1 for r in runs if state.get(r.name, {}).get("status") in ("finished", "failed", "interrupted"))
     log.info("[%d/%d] %s %s (%.1f s)%s", done, len(runs), run.name, status, seconds,
-             "" if status == "finished" else f": see {run.run_dir / 'stdout.log'}")
+             "" if status == "finished" else f": {reason} (log: {run.run_dir / 'stdout.log'})")
 
 
 def _launch_slurm(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, save, job_name: str) -> str:
@@ -497,25 +601,98 @@ def _launch_slurm(runs: list[_Run], opts: SweepOptions, out: Path, state: dict, 
     if sl.extra:
         params["slurm_additional_parameters"] = dict(sl.extra)
     executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [executor.submit(_command(run, opts, out, None, requeue=True)) for run in runs]
+    try:  # submitit prints a failing sbatch's stderr itself: it belongs in the one error message instead
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            jobs = [executor.submit(_command(run, opts, out, None, requeue=True)) for run in runs]
+    except Exception as exc:  # sbatch refused the array (partition, account, limits): nothing was submitted
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        said = lines[-1] if lines else type(exc).__name__
+        raise ConfigError(f"sbatch refused the job array of {len(runs)} run(s): {said}. "
+                          "Nothing was submitted. Fix: check --partition, --time, --mem-gb, --cpus-per-run and "
+                          "--slurm-arg against the cluster's limits (sinfo, sacctmgr show qos).") from None
     for run, job in zip(runs, jobs):
-        entry = state.get(run.name, {})
-        state[run.name] = {"params": run.params, "status": "submitted", "job_id": job.job_id,
-                           "log": str(run.run_dir / "stdout.log"), "launches": entry.get("launches", 0) + 1,
-                           "resumed": run.action == "resume"}
+        entry = state.setdefault(run.name, {})
+        oc.start_attempt(entry, launcher="slurm", job_id=job.job_id, action=run.action, mem_gb=sl.mem_gb,
+                         time_min=sl.time_min, **({"partition": sl.partition} if sl.partition else {}))
+        _open_entry(entry, run, "submitted", job.job_id)
     save()
     return jobs[0].job_id.split("_")[0] if jobs else ""
+
+
+def _check_memory(runs: list[_Run], state: dict, opts: SweepOptions) -> None:
+    """Refuse to resubmit a run whose last attempt ran out of memory without more memory than that attempt had."""
+    short = []
+    for run in runs:
+        if run.why != "retry" or run.action not in ("run", "resume", "rerun"):
+            continue
+        attempt = oc.last_attempt(state[run.name])
+        if attempt is None or attempt.get("outcome") != oc.NEEDS_CHANGE:
+            continue
+        had = oc.attempt_memory_gb(attempt)
+        if opts.slurm.mem_gb is None or (had is not None and opts.slurm.mem_gb <= had):
+            short.append((run.name, attempt.get("job_id"), had))
+    if not short:
+        return
+    known = [had for _, _, had in short if had is not None]
+    most = max(known) if known else None
+    listed = ", ".join(f"{name} (job {job}: {f'{had:g} GB' if had is not None else 'the cluster default'})"
+                       for name, job, had in short)
+    asked = (f"--mem-gb {opts.slurm.mem_gb:g} is not more than that" if opts.slurm.mem_gb is not None
+             else "no --mem-gb is given, so they would get the same memory again")
+    than = f"{most:g} GB" if most is not None else "they had"
+    raise ConfigError(f"{len(short)} run(s) ran out of memory (SLURM state OUT_OF_MEMORY) in their last attempt: "
+                      f"{listed}; {asked}, and they would run out again. Fix: pass --mem-gb "
+                      f"{oc.suggest_memory_gb(most)} (more than {than}) with --retry-failed, or leave them out with "
+                      "--runs/--where.")
+
+
+def _decision(run: _Run, attempt: dict) -> str:
+    """What this call does with a run, in a few words (the attempts table)."""
+    if run.action == "failed":
+        more = " --mem-gb <more>" if attempt.get("outcome") == oc.NEEDS_CHANGE else ""
+        return f"left failed (--retry-failed{more})"
+    if run.action == "queued":
+        return f"left alone ({run.seen})" if oc.slurm_outcome(run.seen) == oc.ACTIVE else "left alone (--resubmit)"
+    verb = {"run": "start", "resume": "resume", "rerun": "start again", "skip": "skip",
+            "busy": "left alone"}[run.action]
+    extra = {"retry": "retry", "resubmit": "--resubmit", "stale": "config changed",
+             "busy": "still running"}.get(run.why)
+    return f"{verb} ({extra})" if extra else verb
+
+
+def attempts_table(runs: list[_Run], state: dict) -> str:
+    """One line per selected run that was launched before: its last attempt (number, job id, state, outcome), what
+    this call does with it, and the attempt's reason. Empty when no selected run was launched before."""
+    rows = []
+    for run in runs:
+        entry = state.get(run.name, {})
+        attempt = oc.last_attempt(entry) if entry else None
+        if attempt is None:
+            continue
+        seen = run.seen or attempt.get("state") or ("RUNNING" if entry.get("status") == "running" else "?")
+        outcome = (oc.slurm_outcome(run.seen) if run.seen else attempt.get("outcome")) or "?"
+        reason = "" if outcome == oc.FINISHED else (attempt.get("reason") or run.note or "")
+        rows.append([run.name, str(attempt.get("attempt", "?")), str(attempt.get("job_id") or "-"), seen, outcome,
+                     _decision(run, attempt), reason])
+    if not rows:
+        return ""
+    rows.insert(0, ["run", "attempt", "job", "state", "outcome", "now", "reason"])
+    widths = [max(len(r[k]) for r in rows) for k in range(6)]
+    return "\n".join(("  " + "  ".join(r[k].ljust(widths[k]) for k in range(6)) + "  " + r[6][:300]).rstrip()
+                     for r in rows)
 
 
 def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOptions | None = None) -> SweepResult:
     """Plan, check and launch the sweep ``spec`` into ``out``.
 
-    Nothing is launched unless every selected run's command validates (as eval.py would check it) and the
-    extra arguments neither override a swept key nor set a launcher-owned key.
+    Nothing is launched unless every selected run's command validates (as eval.py would check it), the extra
+    arguments neither override a swept key nor set a launcher-owned key, and no run that ran out of memory would be
+    resubmitted with the same memory. Earlier attempts are settled first (SLURM: one ``sacct`` call) and recorded in
+    ``state.json``; runs whose last attempt failed are launched only with ``opts.retry_failed``.
 
     Raises:
-        ConfigError: a bad sweep option, extra argument or planned configuration (sweep.py: exit status 2).
+        ConfigError: a bad sweep option, extra argument or planned configuration, or an out-of-memory run
+            resubmitted without a larger ``--mem-gb`` (sweep.py: exit status 2).
     """
     opts = opts or SweepOptions()
     out = Path(out).absolute()  # run folders are named absolutely: jobs may start elsewhere (SLURM nodes)
@@ -532,37 +709,58 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
     check_extra_args(spec, list(extra), groups=GROUPS)
     if opts.launcher == "local":
         _gpu_slots(opts)  # option errors before any work
+    missing = [tool for tool in ("sbatch", "srun") if not shutil.which(tool)]
+    if opts.launcher == "slurm" and not opts.dry_run and missing:
+        raise ConfigError(f"--launcher slurm submits with sbatch and runs each task with srun, and {' and '.join(missing)} "
+                          "is not on PATH here. Fix: run sweep.py on a machine of the SLURM cluster (a login node), or "
+                          "use --launcher local.")
     plan = make_plan(spec, out, opts.count, opts.seed, save=not opts.dry_run)
     chosen = select_runs(spec, plan, opts.runs, opts.where)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    runs = [_classify(spec, out, i, plan[i], list(extra), opts, state) for i in chosen]
+    before = json.dumps(state, sort_keys=True)
+    waiting = _settle_submitted(out, state, [run_id(i) for i in chosen])
+    runs = [_classify(spec, out, i, plan[i], list(extra), opts, state, waiting) for i in chosen]
     for run in runs:
-        if run.action == "skip" and state.get(run.name, {}).get("status") != "finished":  # e.g. finished by hand
-            state[run.name] = {**state.get(run.name, {}), "params": run.params, "status": "finished"}
+        entry = state.get(run.name)
+        if run.action == "skip" and entry is not None and entry.get("status") != "finished":  # e.g. finished by hand
+            if oc.last_outcome(entry) in (None, oc.ACTIVE, oc.UNKNOWN) and oc.last_attempt(entry) is not None:
+                oc.settle(entry, state="COMPLETED", outcome=oc.FINISHED)
+            entry.update(params=run.params, status="finished")
+        elif run.action == "skip" and entry is None:
+            state[run.name] = {"params": run.params, "status": "finished"}
+    if opts.launcher == "slurm":
+        _check_memory(runs, state, opts)
     commands = {r.name: [opts.python, spec.program] + r.args for r in runs}
     actions = {r.name: r.action for r in runs}
     todo = [r for r in runs if r.action in ("run", "resume", "rerun")]
-    counts = {a: sum(1 for r in runs if r.action == a) for a in ("skip", "resume", "rerun", "run", "queued", "busy")}
-    log.info("sweep %s: %d planned, %d selected: %d finished, %d to resume, %d to rerun (config changed), %d new%s%s",
-             spec.name, len(plan), len(runs), counts["skip"], counts["resume"], counts["rerun"], counts["run"],
-             f", {counts['queued']} still queued on SLURM" if counts["queued"] else "",
-             f", {counts['busy']} still running" if counts["busy"] else "")
+    whys = {w: sum(1 for r in runs if r.why == w) for w in
+            ("finished", "new", "interrupted", "retry", "resubmit", "stale", "failed", "queued", "busy")}
+    words = {"interrupted": "interrupted (to resume)", "retry": "failed (retried)", "resubmit": "of unknown state "
+             "(resubmitted)", "stale": "to rerun (config changed)", "failed": "failed (not retried: --retry-failed)",
+             "queued": "still queued or running on SLURM", "busy": "still running"}
+    log.info("sweep %s: %d planned, %d selected: %d finished, %d new%s", spec.name, len(plan), len(runs),
+             whys["finished"], whys["new"], "".join(f", {whys[w]} {text}" for w, text in words.items() if whys[w]))
+    table = attempts_table(runs, state)
+    if table:
+        log.info("earlier attempts of the selected runs:\n%s", table)
     for run in runs:
-        if run.action in ("queued", "busy"):
-            log.warning("%s is not launched: %s", run.name, run.note)
-        elif run.action == "rerun" and opts.dry_run:
+        if run.action == "rerun" and opts.dry_run:
             log.info("%s would run again: %s", run.name, run.note)
     result = SweepResult(out, state, actions, commands, launcher=opts.launcher, dry_run=opts.dry_run)
-    if opts.dry_run or not todo:
+    if opts.dry_run:
         return result
-    for run in todo:
-        if run.action == "rerun":
-            _supersede(run, out)
 
     def save() -> None:
         write_json(state_path, state)  # after every change, so an interrupted sweep loses nothing
 
+    if json.dumps(state, sort_keys=True) != before:
+        save()  # what the earlier attempts became is kept even when nothing is launched
+    if not todo:
+        return result
+    for run in todo:
+        if run.action == "rerun":
+            _supersede(run, out)
     if opts.launcher == "local":
         result.stopped_by = _launch_local(todo, opts, out, state, save)
     else:
@@ -572,8 +770,9 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
 
 def format_sweep(result: SweepResult, resume_command: str) -> str:
     """What ``sweep.py`` prints: with ``dry_run`` one line per selected run (its id, what would happen, its
-    command); otherwise the counts, every failed or interrupted run with its log, and the commands that resume,
-    report on and sync the sweep (the sync command only when offline W&B runs exist)."""
+    command); otherwise the counts, every failed or interrupted run with its reason and log, how to retry the failed
+    ones, and the commands that resume, report on and sync the sweep (the sync command only when offline W&B runs
+    exist)."""
     if result.dry_run:
         return "\n".join(f"{name} [{result.actions[name]}] {shlex.join(cmd)}" for name, cmd in result.commands.items())
     out, state = result.out, result.state
@@ -583,22 +782,49 @@ def format_sweep(result: SweepResult, resume_command: str) -> str:
         tasks = ", ".join(state[r]["job_id"] for r in submitted)
         lines += [f"submitted {len(submitted)} run(s) as SLURM job {result.job_id} (array tasks {tasks}).",
                   f"follow: squeue -j {result.job_id}    logs: {out}/<run id>/stdout.log",
-                  f"when they are done, the same command reports what finished and resubmits what failed: {resume_command}"]
+                  "when they are done, the same command reports each run's outcome and resumes interrupted runs "
+                  f"(failed ones with --retry-failed): {resume_command}"]
     statuses = {r: state.get(r, {}).get("status", "?") for r in result.actions}
     finished = sum(1 for s in statuses.values() if s == "finished")
     lines.append(f"sweep folder: {out}; {len(statuses)} selected runs: {finished} finished"
                  + "".join(f", {n} {s}" for s, n in _count_others(statuses).items()))
     for name in result.failed + result.interrupted:
         entry = state[name]
-        why = entry.get("error") or f"exit status {entry.get('returncode')}"
+        why = entry.get("reason") or entry.get("error") or oc.describe_exit(entry.get("returncode"))
         lines.append(f"  {entry['status']}: {name} ({why}) log: {entry.get('log', out / name / 'stdout.log')}")
-    if result.stopped_by is not None or result.interrupted or result.failed:
+    if result.held:
+        short = [(name, oc.attempt_memory_gb(oc.last_attempt(state[name]))) for name in result.held
+                 if oc.last_outcome(state[name]) == oc.NEEDS_CHANGE]
+        memory, retry = "", resume_command
+        if short:
+            known = [had for _, had in short if had is not None]
+            memory = f" --mem-gb {oc.suggest_memory_gb(max(known) if known else None)}"
+            retry = _without_option(resume_command, "--mem-gb")
+            lines.append(f"out of memory: {', '.join(name for name, _ in short)} (with "
+                         + ", ".join(f"{had:g} GB" if had is not None else "the cluster default" for _, had in short)
+                         + "): resubmit them with more memory (--mem-gb)")
+        lines.append(f"{len(result.held)} failed run(s) were not launched again; once the cause is fixed: "
+                     f"{retry} --retry-failed{memory}")
+    if result.stopped_by is not None or result.interrupted:
         lines.append(f"resume (finished batches are kept): {resume_command}")
     lines.append(f"report: python report.py {out}")
     offline = sorted(out.glob("*/wandb/offline-run-*"))
     if offline:
         lines.append(f"sync the {len(offline)} offline W&B run(s): wandb sync {out}/*/wandb/offline-run-*")
     return "\n".join(lines)
+
+
+def _without_option(command: str, option: str) -> str:
+    """``command`` without ``option`` and its value (``--mem-gb 16`` or ``--mem-gb=16``)."""
+    words, kept, skip = shlex.split(command), [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(option + "="):
+            kept.append(word)
+    return shlex.join(kept)
 
 
 def _count_others(statuses: dict) -> dict:
