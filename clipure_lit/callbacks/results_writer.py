@@ -7,8 +7,10 @@ import csv
 from pathlib import Path
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
+from clipure_lit.loggers import offline_sync_paths
 from clipure_lit.reporting.plots import plot_results
 from clipure_lit.results import write_json
 
@@ -27,19 +29,29 @@ class ResultsWriter(pl.Callback):
         pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
         payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra, **_wandb_entry(trainer)}
         write_json(self.run_dir / "results.json", payload)
-        png = plot_results(payload, self.run_dir / "results.png")
+        png = plot_results(payload, self.run_dir / "results.png", config=_run_config(self.run_dir))
         _log_to_wandb(trainer, self.run_dir / "samples.csv", png)
 
 
+def _run_config(run_dir: Path) -> dict | None:
+    """The run's ``config.yaml`` (written when the run folder was made), which names the model in ``results.png``;
+    None when the folder has none (a module tested outside ``eval.py``)."""
+    path = run_dir / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else None
+
+
 def _wandb_entry(trainer: pl.Trainer) -> dict:
-    """``{"wandb": {"offline": bool, "dir": <the W&B run's folder>, "url": <online only>}}`` with a W&B logger, else
-    nothing: where the run's W&B files are and how they reach the server (the summary prints it, W&B stays silent)."""
+    """``{"wandb": {"offline": bool, "dir": <the W&B run's folder>, "sync": <offline only: what wandb sync needs for
+    every launch of the run>, "url": <online only>}}`` with a W&B logger, else nothing: where the run's W&B files are
+    and how they reach the server (the summary prints it, W&B stays silent)."""
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     if not loggers:
         return {}
     run = loggers[0].experiment
     offline = bool(getattr(run.settings, "_offline", False))
     entry = {"offline": offline, "dir": str(Path(run.dir).parent)}
+    if offline:
+        entry["sync"] = offline_sync_paths(run)
     if not offline and getattr(run, "url", None):
         entry["url"] = run.url
     return {"wandb": entry}

@@ -33,6 +33,12 @@ class ZeroShotLitModule(pl.LightningModule):
     counts (``test/clean_correct``, ``test/robust_correct/<attack>``), 95% Wilson bounds, time per sample, and the
     masking-check flags (``test/flags/<flag>``, 0/1) recorded with :meth:`add_finding`.
 
+    Times: ``summary["time_per_sample_s"]`` is every timed second over every sample (the first batch's warm-up and
+    the first-batch checks included); ``summary["steady_time_per_sample_s"]`` holds, for the keys timed inside a
+    batch (``clean``, ``attack/<name>``), the seconds per sample over the batches after the first one each process
+    ran, so one-off costs (lazy initialisation, allocator growth, caches) do not weigh on it; it is empty when a
+    process ran fewer than two batches. Both take the slowest process under DDP.
+
     Stochastic purifiers draw from a stream seeded per batch from ``(classifier seed, sample ids)``, so a batch's
     result does not depend on what ran before it (resumption, other attacks).
 
@@ -60,6 +66,10 @@ class ZeroShotLitModule(pl.LightningModule):
         self.finished_ids: set[int] = set()
         self._restored: dict | None = None
         self._batch_times: dict[str, float] = {}
+        # (rows, {key: seconds}) per batch this process ran, in order; the open batch collects add_time calls from
+        # test_step to the end of the batch's callbacks (waiting for the next batch is not part of it).
+        self._batch_log: list[tuple[int, dict[str, float]]] = []
+        self._open_batch: dict[str, float] | None = None
         self._new_findings: list[str] = []
         self._processed = 0
 
@@ -70,6 +80,8 @@ class ZeroShotLitModule(pl.LightningModule):
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
         self._batch_times[key] = self._batch_times.get(key, 0.0) + seconds
+        if self._open_batch is not None:
+            self._open_batch[key] = self._open_batch.get(key, 0.0) + seconds
 
     def add_finding(self, flag: str, raised: bool, value: float | None = None, message: str = "") -> None:
         """Record a masking check's outcome (raised flags stay raised)."""
@@ -123,6 +135,8 @@ class ZeroShotLitModule(pl.LightningModule):
         self.flag_messages.clear()
         self.checks.clear()
         self._batch_times = {}
+        self._batch_log = []
+        self._open_batch = None
         self._new_findings = []
         self._processed = 0
         self.classifier.reset_generator()
@@ -143,6 +157,8 @@ class ZeroShotLitModule(pl.LightningModule):
         data_batch = _loader_batch_size(self._trainer)
         for purifier in self.classifier.purifiers:  # the evaluation's batch, not the checks' or attacks' sub-batches
             purifier.check_evaluation_batch(int(ids.numel()), data_batch)
+        self._open_batch = {}
+        self._batch_log.append((int(ids.numel()), self._open_batch))
         start = time.perf_counter()
         with seeded(self.classifier, batch_seed(self.classifier.seed, "clean", ids)):
             logits = self.classifier(x)  # [B, K]
@@ -152,6 +168,22 @@ class ZeroShotLitModule(pl.LightningModule):
         self.store.add("clean_pred", ids, pred)
         self._processed += int(ids.numel())
         return {"pred": pred, "num_classes": int(logits.shape[-1])}
+
+    def on_test_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Lightning calls the module's hook after every callback's, so the attacks' seconds are in the batch.
+        self._open_batch = None
+
+    def _steady_times(self) -> dict[str, float]:
+        """Seconds per sample of each key timed inside batches, over the batches after the first one this process
+        ran (the slowest process under DDP); empty when no process ran two batches. Collective."""
+        later = self._batch_log[1:]  # the first batch carries the warm-up
+        rows = sum(n for n, _ in later)
+        mine = {key: sum(t.get(key, 0.0) for _, t in later) / rows for key in set().union(*(t for _, t in later))} if rows else {}
+        steady: dict[str, float] = {}
+        for per_rank in all_gather_object(self, mine):
+            for key, value in per_rank.items():
+                steady[key] = max(steady.get(key, 0.0), value)
+        return dict(sorted(steady.items()))
 
     def on_test_epoch_end(self) -> None:
         self.table = self.store.gather(self)
@@ -163,6 +195,7 @@ class ZeroShotLitModule(pl.LightningModule):
             per_sample = torch.tensor(self.timings.get(key, 0.0) / max(self._processed, 1), device=self.device)
             times[key] = float(self.all_gather(per_sample).max()) if self.trainer.world_size > 1 else float(per_sample)
         self.summary["time_per_sample_s"] = times
+        self.summary["steady_time_per_sample_s"] = self._steady_times()
         for hook in self.summary_hooks:
             hook(self, self.summary)
         merged = merge_flags(all_gather_object(self, {"flags": self.flags, "messages": self.flag_messages,

@@ -2,7 +2,14 @@
 
 * ``format``: the number formatters every table and sentence uses (percentages, intervals, counts, points, ms);
 * ``summary``: the table ``eval.py`` prints for one run, a suite, or a suite of defences;
-* ``ablation``: a group of run folders (a sweep, any runs) -> ``report.csv`` / ``.md``, plots, McNemar comparisons;
+* ``ablation``: a group of run folders (a sweep, any runs) -> ``report.csv`` / ``.md`` / ``.tex``, plots, McNemar
+  comparisons;
+* ``sweep_plots``: a report's ``acc_vs_<key>.png`` (every attack, styled by its gradient, against a varying key);
+* ``latex``: a report's ``report.tex`` (booktabs table with intervals, best values in bold, flags, caption);
+* ``run_cells``: the cells every report table shares (flags that fired, steady-state times);
+* ``config_keys``: the settings a group of runs holds fixed, and the fewest varying keys that tell them apart;
+* ``run_description``: a run's model, defence and attacks in words (captions, titles, legends);
+* ``plot_style``: what every accuracy plot shares (looks per gradient family, dodge, wrapped captions, stable PNGs);
 * ``suite_tables``: the dataset x defence tables and plot of a suite, and the merge of several suites;
 * ``plots``: the PNG of one evaluation;
 * ``interpret``: one plain sentence per evaluated defence.

@@ -1,12 +1,15 @@
 """Turn a group of run folders (a sweep, a suite, any runs) into an ablation report.
 
 Outputs in the report folder: ``report.csv`` and ``report.md`` (one row per run: the config keys that vary across
-the runs, clean and robust accuracy per attack with 95% intervals, the worst case, time per sample), one PNG per
-numeric varying key (accuracy with 95% Wilson intervals against that key, one line per combination of the other
-varying keys; the even/odd pattern of the released CLIPure-Cos shows up against ``purifier.clipure_cos.num_steps``;
-a key without a plot gets the reason), and ``paired.csv``: each run against a baseline run on the shared sample ids,
-with the metric compared, the accuracy difference and an exact McNemar test. Runs are labelled by folder name, or
-by their path below the shared folder when names repeat (two sweeps' ``run-0000``).
+the runs, clean and robust accuracy per attack with 95% intervals, the worst case, the masking flags that fired,
+time per sample in its steady state), ``report.tex`` (the same runs as a booktabs LaTeX table for a paper:
+:mod:`clipure_lit.reporting.latex`), one PNG per varying key (clean and robust accuracy under each attack, styled
+by its gradient, with 95% Wilson intervals against that key, one panel per combination of the other varying keys:
+:mod:`clipure_lit.reporting.sweep_plots`; the even/odd pattern of the released CLIPure-Cos shows up against
+``purifier.clipure_cos.num_steps``; a key without a plot gets the reason), and ``paired.csv``: each run against a
+baseline run on the shared sample ids, with the metric compared, the accuracy difference and an exact McNemar test.
+Runs are labelled by folder name, or by their path below the shared folder when names repeat (two sweeps'
+``run-0000``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import logging
 
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import groupby
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import OmegaConf
 
 from clipure_lit.errors import ConfigError, DataNotFoundError
-from clipure_lit.reporting.format import ms, pct_entry, points
+from clipure_lit.reporting.format import pct_entry, points
+from clipure_lit.reporting.run_cells import STEADY_HEADER, WARMUP_MARK, WARMUP_NOTE, attack_time_keys, flags_text, time_cell
+from clipure_lit.reporting.latex import write_latex
+from clipure_lit.reporting.sweep_plots import plot_against
 from clipure_lit.results import read_json
 from clipure_lit.utils.mcnemar import mcnemar_exact
 
@@ -104,6 +109,36 @@ def varying_keys(runs: list[Run]) -> list[str]:
     return [k for k in keys if not k.startswith(_IGNORED_PREFIXES) and len({repr(r.config.get(k)) for r in runs}) > 1]
 
 
+# Keys that decide what an accuracy means (the model, the data and its batches, the threat model and the attack
+# budget, the defence). report.md lists those the compared runs share, so a table of what varies also says what
+# did not: two reports at different batch sizes or radii are not comparable.
+HELD_FIXED_KEYS = ("clip.arch", "clip.pretrained", "clip.precision", "data.name", "data.num_samples", "data.ids_file",
+                   "data.subset", "data.batch_size", "prompts.class_templates", "prompts.blank_templates",
+                   "purifier.latent", "purifier.pixel", "attack.run", "attack.norm", "attack.eps", "attack.n_iter",
+                   "attack.n_queries", "attack.eot_samples", "attack.batch_size", "attack.precision", "attack.seed", "seed")
+HELD_FIXED_PURIFIER_KEYS = ("norm_scope", "batch_size", "grad_mode")
+
+
+def held_fixed(runs: list[Run]) -> dict[str, object]:
+    """``{key: value}`` of :data:`HELD_FIXED_KEYS` (and each chosen purifier's ``norm_scope``, ``batch_size`` and
+    ``grad_mode``) that every run sets to the same value; keys a run's config lacks are left out."""
+    purifier_keys = sorted({k for r in runs for k in r.config
+                            if k.startswith("purifier.") and k.rsplit(".", 1)[-1] in HELD_FIXED_PURIFIER_KEYS})
+    fixed = {}
+    for key in (*HELD_FIXED_KEYS, *purifier_keys):
+        if all(key in r.config for r in runs) and len({repr(r.config[key]) for r in runs}) == 1:
+            fixed[key] = runs[0].config[key]
+    return fixed
+
+
+def held_fixed_line(runs: list[Run]) -> str:
+    """report.md's line naming the result-deciding keys the runs share, YAML-style (``null`` for None)."""
+    shown = lambda v: "null" if v is None else (f"[{', '.join(map(str, v))}]" if isinstance(v, tuple) else str(v))  # noqa: E731
+    fixed = held_fixed(runs)
+    cells = ", ".join(f"`{k}={shown(v)}`" for k, v in fixed.items()) or "none of the keys that decide a result"
+    return f"Held fixed across the {len(runs)} run(s): {cells}."
+
+
 def attack_names(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(name for r in runs for name in r.results.get("robust", {})))
 
@@ -116,104 +151,36 @@ def _headline(run: Run) -> float:
 def write_table(runs: list[Run], keys: list[str], out: Path) -> None:
     attacks = attack_names(runs)
     labels = run_labels(runs)
-    header = ["run", *keys, "clean", *[f"robust/{a}" for a in attacks], "time/clean (ms)"]
+    header = ["run", *keys, "clean", *[f"robust/{a}" for a in attacks], "flags", f"clean {STEADY_HEADER}",
+              f"attacks {STEADY_HEADER}"]
+    timed = ("clean", *[f"attack/{a}" for a in attacks if a != "worst_case"])
     with open(out / "report.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["run", *keys, "n", "clean", "clean_ci_low", "clean_ci_high",
                          *[f"{s}/{a}" for a in attacks for s in ("robust", "robust_ci_low", "robust_ci_high")],
-                         *[f"time_per_sample_s/{k}" for k in ("clean", *[f"attack/{a}" for a in attacks if a != "worst_case"])]])
+                         *[f"time_per_sample_s/{k}" for k in timed], "flags",
+                         *[f"steady_time_per_sample_s/{k}" for k in timed]])
         for r in runs:
             robust = r.results.get("robust", {})
             times = r.results.get("time_per_sample_s", {})
+            steady = r.results.get("steady_time_per_sample_s") or {}
             writer.writerow([labels[r.path], *[r.config.get(k) for k in keys], r.results["num_samples"], r.results["clean"]["acc"],
                              *r.results["clean"]["ci95"],
                              *[v for a in attacks for v in ([robust[a]["acc"], *robust[a]["ci95"]] if a in robust else [None] * 3)],
-                             *[times.get(k) for k in ("clean", *[f"attack/{a}" for a in attacks if a != "worst_case"])]])
+                             *[times.get(k) for k in timed], flags_text(r.results), *[steady.get(k) for k in timed]])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    warmup_included = False
     for r in runs:
         robust = r.results.get("robust", {})
-        t = r.results.get("time_per_sample_s", {}).get("clean")
+        times = [time_cell(r.results, ["clean"]), time_cell(r.results, attack_time_keys(r.results))]
+        warmup_included |= any(t.endswith(WARMUP_MARK) for t in times)
         cells = [labels[r.path], *[str(r.config.get(k)) for k in keys], pct_entry(r.results["clean"]),
-                 *[pct_entry(robust.get(a)) for a in attacks], ms(t)]
+                 *[pct_entry(robust.get(a)) for a in attacks], flags_text(r.results), *times]
         lines.append("| " + " | ".join(cells) + " |")
+    if warmup_included:
+        lines += ["", WARMUP_NOTE]
+    lines += ["", held_fixed_line(runs)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _headline_entry(run: Run) -> dict:
-    robust = run.results.get("robust", {})
-    return robust.get("worst_case") or run.results["clean"]
-
-
-def plot_against(runs: list[Run], keys: list[str], out: Path) -> tuple[list[Path], dict[str, str]]:
-    """One PNG per numeric varying key: headline accuracy (worst-case robust, or clean when no attack ran) against
-    it, one line per combination of the other varying keys, clean accuracy dashed, every point with its 95% Wilson
-    interval. Returns the PNGs written and, for each varying key without a plot, the reason."""
-    import matplotlib  # heavy: ~0.4 s to import; only the plots need it, not the tables
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written, skipped = [], {}
-    robust = any(r.results.get("robust") for r in runs)
-    for x_key in keys:
-        values = [r.config.get(x_key) for r in runs]
-        if any(v is None for v in values):
-            skipped[x_key] = "some runs leave it unset (null), so it has no position on an axis"
-            continue
-        if not all(_is_number(v) for v in values):
-            skipped[x_key] = "its values are not numbers (compare them in report.md and paired.csv)"
-            continue
-        others = [k for k in keys if k != x_key]
-        series_of = lambda r: tuple((k, r.config.get(k)) for k in others)  # noqa: E731
-        groups = [(series, sorted(members, key=lambda r: r.config[x_key]))
-                  for series, members in groupby(sorted(runs, key=lambda r: repr(series_of(r))), key=series_of)]
-        if not any(len({r.config[x_key] for r in members}) > 1 for _, members in groups):
-            tied = [k for k in others if all(len({repr(r.config.get(k)) for r in runs if r.config[x_key] == v}) == 1
-                                             for v in set(values))]
-            skipped[x_key] = ("it never changes while the other varying keys stay fixed"
-                              + (f" (it changes together with {', '.join(tied)})" if tied else "")
-                              + ", so no line can be drawn against it")
-            continue
-        log_x = all(v > 0 for v in values) and max(values) / min(values) > 50
-        # Series drawn side by side (a small horizontal offset each) so that their error bars do not hide each other.
-        dodge = 0.0 if log_x or len(groups) == 1 else 0.03 * (max(values) - min(values)) / (len(groups) - 1)
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for index, (series, members) in enumerate(groups):
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in series) or "all runs"
-            shift = dodge * (index - (len(groups) - 1) / 2)
-            xs = [r.config[x_key] + shift for r in members]
-            head = [_headline_entry(r) for r in members]
-            clean = [r.results["clean"] for r in members]
-            line = ax.errorbar(xs, [100 * e["acc"] for e in head], yerr=_yerr(head), marker="o", capsize=3, label=label)
-            if robust:
-                ax.errorbar(xs, [100 * e["acc"] for e in clean], yerr=_yerr(clean), ls="--", capsize=2,
-                            color=line.lines[0].get_color(), alpha=0.45)
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_xlabel(x_key)
-        ax.set_ylabel("accuracy (%)")
-        n = sorted({r.results["num_samples"] for r in runs})
-        samples = f"{n[0]} samples" if len(n) == 1 else f"{n[0]}-{n[-1]} samples"
-        what = "solid: worst-case robust, dashed: clean" if robust else "clean accuracy (no attack ran)"
-        ax.set_title(f"{what}; {samples} per run, bars: 95% Wilson intervals", fontsize=8)
-        ax.set_ylim(0, 105)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=6,  # beside the axes
-                  title="one line per\n" + (", ".join(k.split(".")[-1] for k in others) if others else "run"))
-        fig.tight_layout()
-        path = out / f"acc_vs_{x_key.replace('.', '_')}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written, skipped
-
-
-def _yerr(entries: list[dict]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars (percent) from the entries' 95% Wilson intervals."""
-    return [[100 * (e["acc"] - e["ci95"][0]) for e in entries], [100 * (e["ci95"][1] - e["acc"]) for e in entries]]
 
 
 METRIC_NAMES = {"worst_case": "worst-case robust accuracy", "clean": "clean accuracy"}
@@ -290,12 +257,14 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, bas
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
     write_table(runs, keys, out)
+    write_latex(runs, keys, labels, out)
     plots, skipped = plot_against(runs, keys, out)
     if not keys:
         skipped = {"(no key)": "the runs differ in no config key, so there is no axis to plot against"}
     paired = paired_comparisons(runs, base, out, labels=labels)
     summary = {"runs": len(runs), "varying_keys": keys, "plots": [str(p) for p in plots], "skipped_plots": skipped,
-               "paired": paired, "out": str(out), "best": labels[max(runs, key=_headline).path]}
+               "paired": paired, "out": str(out), "best": labels[max(runs, key=_headline).path],
+               "held_fixed": held_fixed(runs)}
     log.info("report of %d runs in %s", len(runs), out)
     return summary
 
@@ -310,5 +279,5 @@ def format_report(summary: dict) -> str:
                      f"{row['shared_samples']} shared samples, McNemar p={row['mcnemar_p']:.3g} ({significant})")
     for key, reason in summary.get("skipped_plots", {}).items():
         lines.append(f"no plot against {key}: {reason}")
-    lines.append(f"report folder: {out} (report.csv, report.md, paired.csv, {len(summary['plots'])} plot(s))")
+    lines.append(f"report folder: {out} (report.csv, report.md, report.tex, paired.csv, {len(summary['plots'])} plot(s))")
     return "\n".join(lines)

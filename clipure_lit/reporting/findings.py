@@ -19,6 +19,7 @@ relative to undefended CLIP), two significant digits.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import yaml
 from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.reporting.ablation import Run, collect_runs, compare_paired
 from clipure_lit.reporting.format import pct, points
+from clipure_lit.reporting.plot_style import dodge_offsets, dodge_spacing
 from clipure_lit.utils.stats import wilson_interval
 
 COMMITTED_FILES = ("config.yaml", "results.json", "samples.csv")
@@ -222,8 +224,9 @@ def study_table(study: Study, index: RunIndex) -> list[str]:
 
 
 def plot_study(study: Study, index: RunIndex, path: Path) -> Path:
-    """One PNG: each series (a part, optionally narrowed by ``where``, and a metric) against ``plot.x``, with 95%
-    Wilson intervals as error bars."""
+    """One PNG: each series (a part, optionally narrowed by ``where``, and a metric) against ``plot.x`` in numeric
+    order, with 95% Wilson intervals as error bars, each series shifted sideways by a small fixed step
+    (:func:`~clipure_lit.reporting.plot_style.dodge_spacing`) so that series at the same value (0%) stay visible."""
     import matplotlib  # heavy; only the plots need it
 
     matplotlib.use("Agg")
@@ -234,13 +237,17 @@ def plot_study(study: Study, index: RunIndex, path: Path) -> Path:
         return _plot_bars(study, index, path, plt)
     x_key = spec["x"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for s in spec["series"]:
+    xs_all = [float(r.config[x_key]) for s in spec["series"] for r in index.select(s, study)]
+    positions = [math.log2(x) if spec.get("log_x") else x for x in xs_all]
+    offsets = dodge_offsets(len(spec["series"]), dodge_spacing(positions, len(spec["series"])))
+    for s, offset in zip(spec["series"], offsets):
         runs = sorted(index.select(s, study), key=lambda r: float(r.config[x_key]))
         runs = [r for r in runs if has_metric(r, s["metric"])]
         if not runs:
             raise ConfigError(f"Study '{study.name}': plot series '{s.get('label')}' selects no run with metric '{s['metric']}'.")
         ys, yerr = _percent_with_errors([(r, s["metric"]) for r in runs])
-        ax.errorbar([float(r.config[x_key]) for r in runs], ys, yerr=yerr, marker=s.get("marker", "o"), ls=s.get("ls", "-"), capsize=3, label=s["label"])
+        xs = [float(r.config[x_key]) * 2 ** offset if spec.get("log_x") else float(r.config[x_key]) + offset for r in runs]
+        ax.errorbar(xs, ys, yerr=yerr, marker=s.get("marker", "o"), ls=s.get("ls", "-"), capsize=3, label=s["label"])
     if spec.get("log_x"):
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({float(r.config[x_key]) for s in spec["series"] for r in index.select(s, study)}))

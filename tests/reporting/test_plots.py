@@ -1,6 +1,7 @@
 """Plots and reports show their uncertainty and say what they compare: sweep plots with intervals (two values are
-enough), a reason for every key without a plot, run labels unique across folders, paired comparisons that name their
-metric, suite tables labelled by what their rows are, and the gallery command."""
+enough; text values on categorical positions), a reason for every key without a plot, run labels unique across
+folders, paired comparisons that name their metric, suite tables labelled by what their rows are, and the gallery
+command."""
 
 from __future__ import annotations
 
@@ -23,18 +24,19 @@ def _sweep(folder, step_sizes, scope="batch"):
 
 
 def test_report_over_two_folders_labels_runs_uniquely_plots_two_values_and_names_the_metric(tmp_path):
+    """The text key ``norm_scope`` is drawn too: it changes while ``step_size`` stays fixed."""
     _sweep(tmp_path / "a", [10.0, 30.0])
     _sweep(tmp_path / "b", [10.0, 30.0], scope="sample")
     summary = build_report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "report", baseline="a/run-0000")
     rows = list(csv.DictReader(open(tmp_path / "report" / "report.csv")))
     assert [r["run"] for r in rows] == ["a/run-0000", "a/run-0001", "b/run-0000", "b/run-0001"]
-    assert [p.rsplit("/", 1)[1] for p in summary["plots"]] == ["acc_vs_purifier_clipure_cos_step_size.png"]
-    assert summary["skipped_plots"] == {"purifier.clipure_cos.norm_scope":
-                                        "its values are not numbers (compare them in report.md and paired.csv)"}
+    assert [p.rsplit("/", 1)[1] for p in summary["plots"]] == ["acc_vs_purifier_clipure_cos_norm_scope.png",
+                                                                "acc_vs_purifier_clipure_cos_step_size.png"]
+    assert summary["skipped_plots"] == {}
     assert {r["metric"] for r in summary["paired"]} == {"worst_case"} and summary["paired"][0]["baseline"] == "a/run-0000"
     text = format_report(summary)
     assert "worst-case robust accuracy, a/run-0001 vs a/run-0000:" in text
-    assert "no plot against purifier.clipure_cos.norm_scope: its values are not numbers" in text
+    assert "no plot against" not in text and "report.tex" in text.splitlines()[-1]
 
 
 def test_a_key_that_only_changes_with_another_gets_no_plot_and_the_reason(tmp_path):
@@ -63,10 +65,12 @@ def test_suite_tables_name_their_rows_and_average_only_datasets(tmp_path):
 def test_the_gallery_command_draws_every_plot(tmp_path):
     out = make_gallery(["--out", str(tmp_path)])
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["report_acc_vs_purifier_clipure_cos_num_steps.png", "report_acc_vs_purifier_clipure_cos_step_size.png",
-                     "results.png", "suite_datasets.png", "suite_defences.png"]
+    assert names == ["report_acc_vs_purifier_clipure_cos_norm_scope.png", "report_acc_vs_purifier_clipure_cos_num_steps.png",
+                     "report_acc_vs_purifier_clipure_cos_step_size.png", "results.png", "suite_datasets.png",
+                     "suite_defences.png"]
     readme = (out / "README.md").read_text()
     assert all(f"({name})" in readme for name in names) and "synthetic" in readme
+    assert "\\toprule" in readme and readme.count("\\midrule") == 1 and "steady state: first batch excluded" in readme
 
 
 @pytest.mark.parametrize("name, says", [("run-9", "names none of the 2 runs"), ("a/run-00", "closest: ['a/run-0000'"),
