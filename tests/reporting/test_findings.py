@@ -167,3 +167,32 @@ def test_a_part_whose_sweep_varies_a_common_key_drops_that_common_argument():
     assert part_args(common, ["purifier=none"], spec) == ["data.num_samples=100", "data.batch_size=50", "purifier=none"]
     single = load_sweep(ROOT / "sweeps/findings/single.yaml")
     assert part_args(common, ["attack.n_iter=100"], single) == [*common, "attack.n_iter=100"]  # the part's wins later
+
+
+# Every number of the README's "What the demo shows" paragraph, with the committed run and metric it comes from.
+README_QUOTES = [
+    ("findings/runs/epsilon/clipure_cos/run-0002", ["clean", "aa_clipure@purifier", "aa_clipure@full"]),
+    ("findings/runs/epsilon/clipure_diff/run-0002", ["clean", "aa_clipure@eot", "worst_case"]),
+]
+
+
+def test_readme_quotes_the_committed_runs_of_the_demo_defences():
+    """The README's description of what the demo shows quotes committed runs (at Linf 4/255), not a demo printout
+    that drifts with every change: each number is there, formatted as the findings format it."""
+    import json
+
+    import yaml
+
+    from clipure_lit.reporting.format import pct
+
+    paragraph = (ROOT / "README.md").read_text().split("What the demo shows", 1)[1].split("###", 1)[0]
+    paragraph = " ".join(paragraph.split())
+    for run, metrics in README_QUOTES:
+        assert yaml.safe_load((ROOT / run / "config.yaml").read_text())["attack"]["eps"] == 4, run
+        results = json.loads((ROOT / run / "results.json").read_text())
+        for metric in metrics:
+            entry = results["clean"] if metric == "clean" else results["robust"][metric]
+            text = pct(entry["acc"], entry["ci95"], unit="%")
+            assert text in paragraph, (run, metric, text)
+    weak = json.loads((ROOT / README_QUOTES[0][0] / "results.json").read_text())["checks"]["weak_grad/aa_clipure@purifier"]
+    assert f"{weak:.2g} of plain CLIP's" in paragraph
