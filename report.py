@@ -11,6 +11,7 @@ or the findings document (docs/findings.md) made from the committed runs of find
     python report.py --findings --recompute --study epsilon          # one study
     python report.py --findings --recompute --retry-failed           # also run again the runs that failed
     python report.py --findings --runs runs/findings --freeze --overwrite   # replace the committed runs with them
+    python report.py --findings --runs runs/findings --freeze --overwrite --study epsilon   # only one study's runs
 
 Exit status: 0 on success; 1 when --check finds a difference or a recomputed run failed; 2 for bad input; 130 / 143
 when --recompute was stopped by SIGINT / SIGTERM (the same command resumes).
@@ -38,11 +39,11 @@ def _findings(args) -> int:
         from clipure_lit.errors import ConfigError
 
         raise ConfigError("--retry-failed runs failed runs again and needs --recompute (without it no run is started).")
-    if args.study and not args.recompute:
+    if args.study and not (args.recompute or args.freeze):
         from clipure_lit.errors import ConfigError
 
-        raise ConfigError("--study selects the studies to recompute and needs --recompute (the document always "
-                          "covers every study).")
+        raise ConfigError("--study selects the studies to recompute or to freeze and needs --recompute or --freeze "
+                          "(the document always covers every study).")
     if args.recompute:
         from clipure_lit.sweeping.findings_runs import recompute
 
@@ -67,7 +68,7 @@ def _findings(args) -> int:
     if args.freeze:
         from clipure_lit.sweeping.findings_runs import freeze
 
-        count = freeze(findings, runs, COMMITTED_RUNS, overwrite=args.overwrite)
+        count = freeze(findings, runs, COMMITTED_RUNS, overwrite=args.overwrite, studies=args.study)
         print(f"findings: {count} runs copied into {COMMITTED_RUNS}; now `make findings` rewrites {DOC}.")
         return 0
     if args.check:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict | int:
     findings.add_argument("--studies", default=str(STUDIES), help=f"study file (default {STUDIES})")
     findings.add_argument("--runs", help=f"folder of the studies' runs (default {COMMITTED_RUNS}; with --recompute runs/findings)")
     findings.add_argument("--recompute", action="store_true", help="run (or resume) every study's runs first")
-    findings.add_argument("--study", action="append", help="with --recompute: only this study (repeatable)")
+    findings.add_argument("--study", action="append", help="with --recompute or --freeze: only this study (repeatable)")
     findings.add_argument("--retry-failed", action="store_true",
                           help="with --recompute: run again the runs whose last attempt failed (listed with their reason)")
     findings.add_argument("--check", action="store_true", help=f"compare {DOC} with what the runs give; exit 1 if it differs")

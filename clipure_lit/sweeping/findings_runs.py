@@ -69,17 +69,26 @@ def _portable_run_dir(src: Path, target: Path, runs_root: Path) -> None:
         path.write_text(path.read_text().replace(str(src), relative))
 
 
-def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrite: bool = False) -> int:
+def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrite: bool = False,
+           studies: list[str] | None = None) -> int:
     """Copy ``config.yaml``, ``results.json`` and ``samples.csv`` of every finished run of every part into
-    ``dest/<study>/<part>/<run>/``. Returns the number of runs copied."""
+    ``dest/<study>/<part>/<run>/``. Returns the number of runs copied. With ``studies``, only those studies are
+    copied and only their folders in ``dest`` are replaced; the other studies' committed runs stay."""
     runs_root, dest = Path(runs_root), Path(dest)
     if runs_root.resolve() == dest.resolve():
         raise ConfigError(f"--freeze: the runs ({runs_root}) and the destination are the same folder.")
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise ConfigError(f"--freeze would replace the committed runs in '{dest}'. Fix: add --overwrite to replace them "
+    known = [s.name for s in findings.studies]
+    unknown = sorted(set(studies or []) - set(known))
+    if unknown:
+        raise ConfigError(f"--study {unknown}: no such study in {findings.source}; studies: {known}.")
+    chosen = [s for s in findings.studies if not studies or s.name in studies]
+    replaced = [dest / s.name for s in chosen] if studies else [dest]
+    if any(p.exists() and any(p.iterdir()) for p in replaced) and not overwrite:
+        raise ConfigError(f"--freeze would replace the committed runs in '{dest}'"
+                          + (f" of {sorted(studies)}" if studies else "") + ". Fix: add --overwrite to replace them "
                           "(the document is then made from the new runs), or choose another destination.")
     copied, missing = [], []
-    for study in findings.studies:
+    for study in chosen:
         for part in study.parts:
             folder = runs_root / study.name / part.name
             for results in sorted(folder.glob("run-*/results.json")):
@@ -93,8 +102,9 @@ def freeze(findings: Findings, runs_root: str | Path, dest: str | Path, overwrit
     if missing:
         raise DataNotFoundError(f"--freeze: unfinished runs or parts: {missing[:5]}{' ...' if len(missing) > 5 else ''}. "
                                 "Fix: finish them first (`python report.py --findings --recompute`).")
-    if dest.exists() and overwrite:
-        shutil.rmtree(dest)
+    for folder in replaced:
+        if folder.exists() and overwrite:
+            shutil.rmtree(folder)
     for src, target in copied:
         target.mkdir(parents=True, exist_ok=True)
         for name in COMMITTED_FILES:

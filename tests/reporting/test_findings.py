@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipure_lit.errors import ConfigError
+from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.reporting.findings import COMMITTED_FILES, load_findings, render_findings
 
 from scripts.make_gallery import synthetic_results, write_run
@@ -122,6 +122,26 @@ def test_freeze_keeps_three_files_per_run_and_never_replaces_unasked(tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         freeze(findings, tmp_path / "runs", tmp_path / "committed")
     assert freeze(findings, tmp_path / "runs", tmp_path / "committed", overwrite=True) == 4
+
+
+def test_freezing_one_study_replaces_only_its_runs(tmp_path):
+    """A recomputed study is adopted alone: the other studies' committed runs stay (the runs root need not hold
+    them), and its own are replaced only with --overwrite."""
+    from clipure_lit.sweeping.findings_runs import freeze
+
+    two = dict(STUDIES, studies=[STUDIES["studies"][0], dict(STUDIES["studies"][0], name="other")])
+    findings = load_findings(_study_file(tmp_path, two))
+    _runs(tmp_path / "runs")  # only the study 'grid' was recomputed
+    (tmp_path / "committed/other/base/run-0000").mkdir(parents=True)
+    (tmp_path / "committed/other/base/run-0000/results.json").write_text("{}")
+    with pytest.raises(DataNotFoundError, match="unfinished runs or parts"):
+        freeze(findings, tmp_path / "runs", tmp_path / "committed", overwrite=True)  # every study: 'other' is missing
+    assert freeze(findings, tmp_path / "runs", tmp_path / "committed", studies=["grid"]) == 4
+    assert (tmp_path / "committed/other/base/run-0000/results.json").read_text() == "{}"
+    with pytest.raises(ConfigError, match="--overwrite"):
+        freeze(findings, tmp_path / "runs", tmp_path / "committed", studies=["grid"])
+    with pytest.raises(ConfigError, match="no such study"):
+        freeze(findings, tmp_path / "runs", tmp_path / "committed", studies=["nope"])
 
 
 def test_report_refuses_to_recompute_into_the_committed_runs(tmp_path):
