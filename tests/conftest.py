@@ -127,3 +127,20 @@ def _restore_torch_threads():
     previous = torch.get_num_threads()
     yield
     torch.set_num_threads(previous)
+
+
+def crash_after_batch(after: int):
+    """A Lightning callback that simulates a killed job: it raises at the end of test batch ``after``, before that
+    batch's attacks run and before it is written to the progress log (the batch in flight is lost)."""
+    import pytorch_lightning as pl  # heavy: only the tests that crash a run need it
+
+    class Crash(pl.Callback):
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.seen += 1
+            if self.seen == after:
+                raise RuntimeError("simulated crash")
+
+    return Crash()

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytorch_lightning as pl
 
 import eval as eval_script
 from clipure_lit.errors import ConfigError
 
-from conftest import needs_shared_cifar, tiny_args
+from conftest import crash_after_batch, needs_shared_cifar, tiny_args
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
@@ -27,24 +26,13 @@ def _purifier() -> list[str]:
     return ["purifier=clipure_cos", "purifier.clipure_cos.batch_size=null"] if "clipure_cos" in list_purifiers() else []
 
 
-class Crash(pl.Callback):
-    """Simulates a killed job: raises at the end of batch ``after``, before its attacks run and before it is
-    written to the progress log (the batch in flight is lost)."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.seen += 1
-        if self.seen == self.after:
-            raise RuntimeError("simulated crash")
 
 
 def _with_crash(monkeypatch, after: int) -> None:
     import clipure_lit.evaluation as evaluation
 
     original = evaluation.eval_callbacks
-    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [Crash(after)] + original(cfg, run_dir))
+    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [crash_after_batch(after)] + original(cfg, run_dir))
 
 
 def _args(tmp_path, *extra):

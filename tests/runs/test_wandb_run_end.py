@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import pytest
-import pytorch_lightning as pl
 
 import eval as eval_script
 
-from conftest import PROJECT_ROOT, needs_shared_cifar, tiny_args
+from conftest import crash_after_batch, PROJECT_ROOT, needs_shared_cifar, tiny_args
 from wandb_offline import (clean_env, finished_batches, finished_records, of_type, removed_keys, run_files, stop_eval, summary_of,
                            wandb_records)
 
@@ -95,16 +94,6 @@ def test_stopped_run_records_exit_143_and_its_partial_numbers_and_resuming_conti
     assert sorted(glob.glob(sync)) == [str(f.parent) for f in files]
 
 
-class Crash(pl.Callback):
-    """Raises at the end of batch ``after``, before that batch is written to the progress log."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.seen += 1
-        if self.seen == self.after:
-            raise RuntimeError("simulated crash")
 
 
 @needs_shared_cifar
@@ -112,7 +101,7 @@ def test_crashed_run_records_a_nonzero_exit_code_and_what_it_finished(tmp_path, 
     import clipure_lit.evaluation as evaluation
 
     original = evaluation.eval_callbacks
-    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [Crash(3)] + original(cfg, run_dir))
+    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [crash_after_batch(3)] + original(cfg, run_dir))
     with pytest.raises(RuntimeError, match="simulated crash"):
         eval_script.main(_args(tmp_path, "data.num_samples=8", "attack.n_iter=1"))
     [path] = run_files(tmp_path / "run")
