@@ -174,6 +174,18 @@ def test_readme_quotes_the_committed_positive_control():
         if part == "robust_clip":
             square = results["robust"]["square"]
             assert pct(square["acc"], square["ci95"], unit="%") in readme
+    # The full-protocol, FARE and convergence numbers of the same paragraph.
+    readme = " ".join(readme.split())
+    quoted = [("full_protocol/robust_clip/run-0000", ["aa_clipure", "square"]),
+              ("fare_control/fare_clip/run-0000", ["clean", "aa_clipure"]),
+              ("convergence_apgd/fare_clip/run-0003", ["aa_clipure"]),
+              ("convergence_eot/clipure_diff/run-0000", ["aa_clipure@eot"]),
+              ("convergence_eot/clipure_diff/run-0001", ["aa_clipure@eot"])]
+    for run, metrics in quoted:
+        results = json.loads((ROOT / "findings/runs" / run / "results.json").read_text())
+        for metric in metrics:
+            entry = results["clean"] if metric == "clean" else results["robust"][metric]
+            assert pct(entry["acc"], entry["ci95"], unit="%") in readme, (run, metric)
 
 
 def test_a_part_whose_sweep_varies_a_common_key_drops_that_common_argument():
