@@ -20,8 +20,9 @@ from wandb_offline import (clean_env, finished_batches, finished_records, of_typ
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
-# 20 batches of an attack: long enough to be stopped after the second one, even on an idle machine.
-ARGS = ["logger=wandb", "data.num_samples=40", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5",
+# 30 batches of a 40-iteration attack: long enough to be stopped after the second one even on an idle machine, where
+# 20 batches of 5 iterations could all finish between two polls of the progress folder.
+ARGS = ["logger=wandb", "data.num_samples=60", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=40",
         "attack.eps=1", "attack.checks=false", "trainer.num_threads=1"]
 
 
@@ -58,9 +59,9 @@ def test_stopped_run_records_exit_143_and_its_partial_numbers_and_resuming_conti
     assert of_type(records, "preempting") == []  # nothing requeues a plain run: a failed run, not a preempted one
     summary = summary_of(records)
     want = expected_partial(run_dir)
-    assert 2 <= want["done"] < 40
+    assert 2 <= want["done"] < 60
     assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGTERM"
-    assert summary["test/samples_done"] == want["done"] and summary["test/samples_total"] == 40
+    assert summary["test/samples_done"] == want["done"] and summary["test/samples_total"] == 60
     partial = summary["test/partial"]
     assert partial["clean_correct"] == want["clean"] and partial["clean_acc"] == pytest.approx(want["clean"] / want["done"])
     assert partial["robust_correct"] == {"apgd_ce": want["robust"], "worst_case": want["worst"]}
@@ -84,7 +85,7 @@ def test_stopped_run_records_exit_143_and_its_partial_numbers_and_resuming_conti
     summary = summary_of(records)
     results = json.loads((run_dir / "results.json").read_text())
     assert summary["status"] == "finished"
-    assert summary["test/samples_done"] == summary["test/samples_total"] == results["num_samples"] == 40
+    assert summary["test/samples_done"] == summary["test/samples_total"] == results["num_samples"] == 60
     assert summary["test/clean_acc"] == pytest.approx(results["clean"]["acc"])
     assert summary["test/robust_acc/apgd_ce"] == pytest.approx(results["robust"]["apgd_ce"]["acc"])
     assert {"test/partial", "stopped_by", "error"} <= removed_keys(records)
