@@ -24,6 +24,21 @@ def looks_like_path(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.endswith(_LOCAL_SUFFIXES) or pretrained.startswith(".")
 
 
+def check_local_checkpoint(arch: str, pretrained: str | None) -> None:
+    """Raise :class:`DataNotFoundError` when ``clip.pretrained`` names a local checkpoint (:func:`looks_like_path`)
+    that does not exist; a pretrained tag, a hub model or None passes (those are checked when the weights load)."""
+    if not pretrained or str(arch).startswith("hf-hub:") or not looks_like_path(str(pretrained)) \
+            or Path(pretrained).is_file():
+        return
+    import open_clip  # heavy: ~4 s; composing a config with a CLIP already imported it (validate_clip)
+
+    raise DataNotFoundError(
+        f"clip.pretrained='{pretrained}' looks like a checkpoint path, but no such file exists (looked in "
+        f"'{Path(pretrained).resolve()}'). Fix: give the path of an existing open_clip checkpoint (relative paths are "
+        f"taken from the current directory), or a pretrained tag of clip.arch={arch}: "
+        f"{open_clip.list_pretrained_tags_by_model(arch)}, or null for random weights.")
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -74,12 +89,7 @@ def ensure_weights_available(arch: str, pretrained: str | None, cache_dir: str |
     if pretrained is None:
         return
     if looks_like_path(pretrained):
-        if not Path(pretrained).is_file():
-            raise DataNotFoundError(
-                f"clip.pretrained='{pretrained}' looks like a checkpoint path, but no such file exists. "
-                f"Fix: give the path of an existing open_clip checkpoint, or a pretrained tag of {arch}: "
-                f"{open_clip.list_pretrained_tags_by_model(arch)}."
-            )
+        check_local_checkpoint(arch, pretrained)
         return
     cfg = oc_pretrained.get_pretrained_cfg(arch, pretrained)
     if not cfg:

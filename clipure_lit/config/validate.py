@@ -18,7 +18,7 @@ from clipure_lit.attacks.presets import resolve_attacks
 from clipure_lit.clip.backbone import resolve_normalisation
 from clipure_lit.clip.prompts import get_classnames, get_templates, require_class_placeholder
 from clipure_lit.clip.tokenizers import is_callable_spec
-from clipure_lit.clip.weights import looks_like_path
+from clipure_lit.clip.weights import check_local_checkpoint
 from clipure_lit.data.config import check_data_values
 from clipure_lit.data.datasets import check_data_paths, list_datasets
 from clipure_lit.errors import ConfigError, DataNotFoundError
@@ -225,13 +225,7 @@ def check_local_files(cfg: DictConfig, data: bool = True) -> None:
     """
     if data:
         check_data_paths(cfg.data)
-    pretrained = cfg.clip.pretrained
-    if pretrained and not str(cfg.clip.arch).startswith("hf-hub:") and looks_like_path(str(pretrained)) \
-            and not Path(pretrained).is_file():
-        raise DataNotFoundError(f"clip.pretrained='{pretrained}' looks like a checkpoint path, but no such file exists "
-                                f"(looked in '{Path(pretrained).resolve()}'). Fix: give the path of an existing checkpoint "
-                                "(relative paths are taken from the current directory), or a pretrained tag of "
-                                f"clip.arch={cfg.clip.arch}, or null for random weights.")
+    check_local_checkpoint(cfg.clip.arch, cfg.clip.pretrained)
     tokenizer = str(cfg.clip.get("tokenizer") or "")
     module = tokenizer.rpartition(":")[0]
     if is_callable_spec(tokenizer) and module.endswith(".py") and not Path(module).is_file():
