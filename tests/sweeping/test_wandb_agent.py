@@ -68,8 +68,8 @@ def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ct
     from W&B's web page (a KeyboardInterrupt in the run), is a user's stop: exit 130, failed, not requeued."""
     run_dir = tmp_path / "run"
     env = clean_env(WANDB_SWEEP_ID="abc123", WANDB_RUN_ID="run8", WANDB_PROJECT="clipure_lit")
-    args = ["experiment=tiny", f"run_dir={run_dir}", f"prompts.cache_dir={tmp_path / 'text'}", "data.num_samples=40",
-            "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1", "attack.checks=false",
+    args = ["experiment=tiny", f"run_dir={run_dir}", f"prompts.cache_dir={tmp_path / 'text'}", "data.num_samples=60",
+            "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=40", "attack.eps=1", "attack.checks=false",
             "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
     assert stop_eval(args, run_dir, signal.SIGINT, after=1, env=env, log=tmp_path / "first.log") == 130
     assert stop_eval(args + ["resume=true"], run_dir, signal.SIGTERM, after=len(finished_batches(run_dir)) + 1,
