@@ -116,6 +116,12 @@ def summary_of(records: list) -> dict:
     return summary
 
 
+def history_of(records: list) -> list[dict]:
+    """The run's history rows in the order they were logged, each ``{key: value}`` (a nested key joined with ``/``)."""
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.item}
+            for record in of_type(records, "history")]
+
+
 def removed_keys(records: list) -> set:
     """Every summary key the file removes."""
     return {item.key or "/".join(item.nested_key) for record in of_type(records, "summary") for item in record.remove}

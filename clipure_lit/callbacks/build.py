@@ -9,15 +9,17 @@ from clipure_lit.callbacks.data_timing import DataWaitTimer
 from clipure_lit.callbacks.progress import EvalProgress
 from clipure_lit.callbacks.resume import ResumableProgress, prepare_progress
 from clipure_lit.callbacks.robust_eval import RobustEvalCallback
+from clipure_lit.callbacks.running import RunningAccuracy
 from clipure_lit.config.loader import to_plain
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.console import LogLevel
 
 
 def eval_callbacks(cfg, run_dir: Path) -> list:
-    """``[RobustEvalCallback (if attack.run is set), ResumableProgress, EvalProgress (if
-    trainer.enable_progress_bar), DataWaitTimer]`` (the progress display after the attacks, whose outcomes it
-    shows; the timer last: it marks the end of a batch after the attacks, the progress files and the display).
+    """``[RobustEvalCallback (if attack.run is set), ResumableProgress, RunningAccuracy, EvalProgress (if
+    trainer.enable_progress_bar), DataWaitTimer]`` (the running counts after the attacks, whose outcomes they
+    count, and before the display that shows them; the counts log the live numbers to the run's logger; the timer
+    last: it marks the end of a batch after the attacks, the progress files and the display).
 
     Resolves every attack and checks the run folder for resumption *before* anything is written to it, so a bad
     attack name or a config that differs from the run being resumed fails at once.
@@ -34,6 +36,7 @@ def eval_callbacks(cfg, run_dir: Path) -> list:
         callbacks.append(RobustEvalCallback(specs, run_dir=run_dir, save_adversarial=bool(cfg.attack.save_adversarial),
                                             checks=bool(cfg.attack.checks)))
     callbacks.append(ResumableProgress(run_dir, resume=resume))
+    callbacks.append(RunningAccuracy(log_live=True))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(EvalProgress(title=str(cfg.name), log_file=Path(run_dir) / "log.txt",
                                       verbose=LogLevel(cfg.log_level) == LogLevel.debug))

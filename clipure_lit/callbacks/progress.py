@@ -7,11 +7,11 @@ bar of its own; ``trainer.enable_progress_bar=false`` leaves it out). On a termi
 line per batch instead (logger ``clipure_lit.callbacks.progress``), so a log file or CI output shows the same.
 Either way every per-batch line reaches the run's ``log.txt``.
 
-Numbers are global: under DDP every process adds its batch's counts with one small all-reduce per batch and rank 0
-shows them. They count unique samples: the positions a ``DistributedSampler`` pads with repeated samples (the last
-``total_size - len(dataset)`` of its global order) are left out of every count, so the running numbers, and the
-last line, agree with the run's summary (gathered, de-duplicated by sample id), which the display takes at the end. Batches finished by a resumed run count as done but enter the running accuracies only
-at the end, from the summary.
+Numbers are global and count unique samples (:class:`~clipure_lit.callbacks.running.RunningAccuracy`: one small
+all-reduce per batch under DDP, a ``DistributedSampler``'s padded repeats left out; the run's counts, which also feed
+the logger's live numbers, or counts of its own when the run has none), so the running numbers, and the last line,
+agree with the run's summary, which the display takes at the end. Batches finished by an earlier launch of a resumed
+run count as done and their samples enter the running accuracies from the start.
 
 Needs to come after :class:`~clipure_lit.callbacks.robust_eval.RobustEvalCallback` in the callback list (it reads
 the attacks' outcomes of the batch when the batch ends); it subscribes to that callback's events in ``setup``.
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.callbacks import ProgressBar
-from torch.utils.data import DistributedSampler
-
 from clipure_lit.callbacks.robust_eval import RobustEvalCallback
+from clipure_lit.callbacks.running import CLEAN, RunningAccuracy, padded_positions
 from clipure_lit.attacks.autoattack import SubAttackStep
 from clipure_lit.reporting.format import pct
 from clipure_lit.utils.console import CONSOLE, add_log_file, ensure_console_logging
@@ -36,7 +35,6 @@ from clipure_lit.utils.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
-CLEAN = "clean"
 
 
 def clock(seconds: float | None) -> str:
@@ -83,15 +81,12 @@ class EvalProgress(ProgressBar):
         self.refresh_per_second = refresh_per_second
         self._enabled = True
         self.attacks: list[str] = []
-        self.running: dict[str, list[int]] = {}
+        self.counts = RunningAccuracy(log_live=False)  # replaced in setup by the run's counts, when it has them
+        self._own_counts = True
         self.final: dict[str, list[int]] | None = None
         self.samples_total = 0
-        self.samples_done = 0
-        self.samples_new = 0  # evaluated in this run (not restored from a resumed one)
-        self.batches_done = 0
         self.attack_seconds: dict[str, float] = {}
         self.now: dict[str, str] = {}
-        self._hits: dict[str, torch.Tensor] = {}  # this batch: attack -> [B] bool, still correct after it
         self._start = 0.0
         self._progress = None
         self._tasks: dict[str, int] = {}
@@ -100,6 +95,24 @@ class EvalProgress(ProgressBar):
         """Unpickled in a process DDP's spawn started: set up its console (quiet or verbose) right away."""
         self.__dict__.update(state)
         self._own_logging = ensure_console_logging(self.verbose)
+
+    # ------------------------------------------------------------------------------------- the counts
+    @property
+    def running(self) -> dict[str, list[int]]:
+        """``{"clean": [correct, total], <attack>: [correct, total]}`` so far (global, restored samples included)."""
+        return {name: self.counts.running.get(name, [0, 0]) for name in (CLEAN, *self.attacks)}
+
+    @property
+    def samples_done(self) -> int:
+        return self.counts.samples_done
+
+    @property
+    def samples_new(self) -> int:
+        return self.counts.samples_new
+
+    @property
+    def batches_done(self) -> int:
+        return self.counts.batches_done
 
     # ------------------------------------------------------------------------------------- ProgressBar API
     def disable(self) -> None:
@@ -128,7 +141,6 @@ class EvalProgress(ProgressBar):
         self._refresh(name)
 
     def attack_finished(self, name: str, hits: torch.Tensor, seconds: float) -> None:
-        self._hits[name] = hits
         self.attack_seconds[name] = self.attack_seconds.get(name, 0.0) + seconds
         self.now[name] = ""
 
@@ -146,39 +158,27 @@ class EvalProgress(ProgressBar):
             if isinstance(callback, RobustEvalCallback):
                 callback.add_listener(self)
                 self.attacks += [spec.name for spec in callback.specs]
+        shared = [c for c in trainer.callbacks if isinstance(c, RunningAccuracy)]
+        # The run's counts when it has them (they also feed the logger); else counts of its own, driven from here.
+        self.counts = shared[0] if shared else RunningAccuracy(log_live=False)
+        self._own_counts = not shared
+        if self._own_counts:
+            self.counts.setup(trainer, pl_module, stage)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.running = {name: [0, 0] for name in (CLEAN, *self.attacks)}
+        if self._own_counts:
+            self.counts.on_test_epoch_start(trainer, pl_module)
         self.final = None
-        self.samples_done = self.samples_new = self.batches_done = 0
         self.attack_seconds = {}
         self.now = {}
-        self._hits = {}
         self.samples_total = self._count_samples(trainer)
         self._start = time.perf_counter()
         if self._enabled and self._wants_live():
             self._start_live()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        _, y, _ = batch
-        real = ~self._padded(trainer, batch_idx, int(y.numel()), y.device)  # [B] bool: not a sampler's repeat
-        n = int(real.sum())
-        evaluated = outputs is not None  # None: a batch finished by the run being resumed
-        clean = int(((outputs["pred"] == y) & real).sum()) if evaluated else 0
-        values = [n, n if evaluated else 0, clean, n if evaluated else 0]
-        for name in self.attacks:
-            hits = self._hits.get(name)
-            values += [int((hits.to(real.device) & real).sum()), n] if hits is not None else [0, 0]
-        self._hits = {}
-        if trainer.world_size > 1:  # collective: every rank takes part, rank 0 shows the sum
-            summed = trainer.strategy.reduce(torch.tensor(values, dtype=torch.long, device=pl_module.device), reduce_op="sum")
-            values = [int(v) for v in summed.tolist()]
-        self.samples_done += values[0]
-        self.samples_new += values[1]
-        self.batches_done += 1
-        for i, name in enumerate((CLEAN, *self.attacks)):
-            self.running[name][0] += values[2 + 2 * i]
-            self.running[name][1] += values[3 + 2 * i]
+        if self._own_counts:  # collective under DDP: every rank takes part
+            self.counts.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         if not self._enabled:
             return
         if self._progress is not None:
@@ -290,22 +290,8 @@ class EvalProgress(ProgressBar):
 
     @staticmethod
     def _padded(trainer, batch_idx: int, size: int, device) -> torch.Tensor:
-        """``[size]`` bool: which items of this process's batch ``batch_idx`` are a ``DistributedSampler``'s padding.
-
-        The sampler (no shuffling, ``drop_last=False``) extends the global order of ``len(dataset)`` indices to
-        ``total_size`` by repeating its first ones and gives process ``r`` the positions ``r, r + W, r + 2W, ...``
-        (``W`` processes): item ``j`` of batch ``b`` sits at global position ``r + (b * batch_size + j) * W``, a
-        repeat when that is ``>= len(dataset)``. Without such a sampler nothing is padded."""
-        loaders = trainer.test_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        sampler = getattr(loader, "sampler", None)
-        padded = torch.zeros(size, dtype=torch.bool, device=device)
-        if not isinstance(sampler, DistributedSampler) or sampler.shuffle or sampler.drop_last:
-            return padded
-        world, rank = int(sampler.num_replicas), int(sampler.rank)
-        first = batch_idx * int(loader.batch_size or size)
-        positions = rank + (first + torch.arange(size, device=device)) * world
-        return positions >= len(sampler.dataset)
+        """See :func:`clipure_lit.callbacks.running.padded_positions`."""
+        return padded_positions(trainer, batch_idx, size, device)
 
     @staticmethod
     def _count_samples(trainer) -> int:

@@ -102,6 +102,10 @@ ROBUST_METRIC_PREFIXES = ("test/robust_acc/", "test/robust_correct/", "test/robu
                           "test/robust_acc_ci_high/")
 ATTACK_TIME_PREFIX = "test/time_per_sample/attack/"
 _OCCASIONAL_METRIC_PREFIXES = ("test/flags/", "test/checks/", "test/time_per_sample/checks")
+# The live numbers logged after every batch (clipure_lit.callbacks.running; a test keeps the two lists equal):
+# what a sweep's early_terminate can act on, and at the end equal to the test/ numbers.
+LIVE_METRICS = ("live/samples_done", "live/clean_acc")
+LIVE_ROBUST_PREFIX = "live/robust_acc/"
 
 
 @dataclass
@@ -324,10 +328,11 @@ def _check_command(where: str, raw: dict) -> list[str]:
 def metric_names(attacks: list[str]) -> list[str]:
     """The metric names every evaluation whose ``attack.run`` resolves to the attack names ``attacks`` logs (what a
     sweep may optimise): clean accuracy, counts, intervals and times; per attack, and for the worst case over them
-    when there is one, robust accuracy, counts and intervals."""
+    when there is one, robust accuracy, counts and intervals; the live numbers logged after every batch."""
     robust = list(attacks) + (["worst_case"] if attacks else [])
     return (list(CLEAN_METRICS) + [f"{prefix}{name}" for name in robust for prefix in ROBUST_METRIC_PREFIXES]
-            + [f"{ATTACK_TIME_PREFIX}{name}" for name in attacks])
+            + [f"{ATTACK_TIME_PREFIX}{name}" for name in attacks]
+            + list(LIVE_METRICS) + [f"{LIVE_ROBUST_PREFIX}{name}" for name in robust])
 
 
 def _check_metric_shape(where: str, metric) -> None:
@@ -346,9 +351,10 @@ def _check_metric_shape(where: str, metric) -> None:
     if name.startswith(_OCCASIONAL_METRIC_PREFIXES):
         raise ConfigError(f"{where}: metric {name} is logged only when a masking check records it, so W&B would compare "
                           "runs that lack it. Fix: optimise a metric every run logs, such as test/robust_acc/worst_case.")
-    forms = list(CLEAN_METRICS) + [f"{p}<attack>" for p in ROBUST_METRIC_PREFIXES] + [f"{ATTACK_TIME_PREFIX}<attack>"]
-    per_attack = ROBUST_METRIC_PREFIXES + (ATTACK_TIME_PREFIX,)
-    if name in CLEAN_METRICS or any(name.startswith(p) and len(name) > len(p) for p in per_attack):
+    forms = (list(CLEAN_METRICS) + [f"{p}<attack>" for p in ROBUST_METRIC_PREFIXES] + [f"{ATTACK_TIME_PREFIX}<attack>"]
+             + list(LIVE_METRICS) + [f"{LIVE_ROBUST_PREFIX}<attack>"])
+    per_attack = ROBUST_METRIC_PREFIXES + (ATTACK_TIME_PREFIX, LIVE_ROBUST_PREFIX)
+    if name in CLEAN_METRICS or name in LIVE_METRICS or any(name.startswith(p) and len(name) > len(p) for p in per_attack):
         return
     raise ConfigError(
         f"{where}: metric {name} is not a name eval.py logs, so W&B would have nothing to optimise."
@@ -383,8 +389,24 @@ def _check_early_terminate(where: str, stop) -> None:
     if problem:
         close = _closest(unknown[0], EARLY_TERMINATE_FIELDS) if unknown and "unknown" in problem else ""
         raise ConfigError(f"{where}: early_terminate has {problem}.{close} {fix}.")
-    log.warning("%s: early_terminate is used by W&B's server only: sweep.py runs every planned run to the end (and "
-                "eval.py logs its metrics once, when the run ends).", where)
+    log.warning("%s: early_terminate is used by W&B's server only: sweep.py runs every planned run to the end.", where)
+
+
+def _check_early_terminate_metric(where: str, stop, metric) -> None:
+    """Hyperband compares runs by their metric's history: one of the ``live/`` numbers eval.py logs after every batch.
+    A ``test/`` metric is logged once, when a run ends, so early termination would never act on it."""
+    if stop is None or not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
+        return
+    name = metric["name"]
+    if name in LIVE_METRICS or name.startswith(LIVE_ROBUST_PREFIX):
+        return
+    live = name.replace("test/", "live/", 1) if name.startswith(("test/clean_acc", "test/robust_acc/")) else None
+    fix = f"metric: {{name: {live}, goal: {metric.get('goal', 'maximize')}}}" if live else (
+        "metric: {name: live/robust_acc/worst_case, goal: maximize}")
+    raise ConfigError(f"{where}: early_terminate acts on the history of metric {name}, which eval.py logs only once, "
+                      "when a run ends, so no run would ever be stopped early. The numbers logged after every batch "
+                      f"are {list(LIVE_METRICS)} and {LIVE_ROBUST_PREFIX}<attack> (and worst_case); at the end they "
+                      f"equal the test/ numbers. Fix: {fix}, or remove early_terminate.")
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -449,6 +471,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     command = _check_command(where, raw)
     _check_metric_shape(where, raw.get("metric"))
     _check_early_terminate(where, raw.get("early_terminate"))
+    _check_early_terminate_metric(where, raw.get("early_terminate"), raw.get("metric"))
     violations = schema_violations(raw)  # anything else W&B's own schema refuses (names, types), in the same form
     if violations:
         raise ConfigError(f"{where} does not follow the W&B sweep schema (`wandb sweep` would reject it): "

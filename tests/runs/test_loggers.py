@@ -20,10 +20,20 @@ def _without_logger(args: list[str]) -> list[str]:
 
 
 @needs_shared_cifar
-def test_csv_logger_records_the_metrics(tmp_path):
-    eval_script.main(_without_logger(tiny_args(tmp_path, "data.num_samples=8")) + ["logger=csv"])
-    text = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
-    assert "test/clean_acc" in text
+def test_csv_logger_records_the_metrics_and_the_live_numbers_per_batch(tmp_path):
+    import csv
+
+    results = eval_script.main(_without_logger(tiny_args(tmp_path, "data.num_samples=8", "data.batch_size=3",
+                                                         "attack.run=[apgd_ce]", "attack.n_iter=1"))
+                               + ["logger=csv"])
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    live = [r for r in rows if r.get("live/samples_done")]
+    assert [float(r["live/samples_done"]) for r in live] == [3, 6, 8]  # batches of 3, 3 and 2: unique samples done
+    assert [int(r["step"]) for r in live] == [3, 6, 8]
+    assert float(live[-1]["live/clean_acc"]) == pytest.approx(results["clean"]["acc"])
+    assert float(live[-1]["live/robust_acc/apgd_ce"]) == pytest.approx(results["robust"]["apgd_ce"]["acc"])
+    assert float(live[-1]["live/robust_acc/worst_case"]) == pytest.approx(results["robust"]["worst_case"]["acc"])
+    assert any(r.get("test/clean_acc") for r in rows)  # the final numbers, as before
 
 
 @needs_shared_cifar

@@ -38,7 +38,7 @@ def tiny_sweep(tmp_path):
 def test_the_required_sweeps_ship():
     names = {p.stem for p in SWEEP_FILES}
     assert {"cos_step_size_x_steps", "blank_x_class_templates", "grad_mode_x_attack", "epsilon", "diff_timestep_x_noise",
-            "purifier_comparison", "cos_random_search"} <= names
+            "purifier_comparison", "cos_random_search", "cos_early_stop"} <= names
 
 
 def _arguments_of(path) -> list[list[str]]:
@@ -64,7 +64,9 @@ def test_sweep_file_follows_the_wandb_schema_and_every_planned_run_validates(pat
     assert schema_violations(yaml.safe_load(path.read_text())) == []  # the schema `wandb sweep` applies
     spec = load_sweep(path)
     assert spec.program == "eval.py" and "${args_no_hyphens}" in spec.command
-    assert spec.metric["name"] == "test/robust_acc/worst_case" and spec.metric["goal"] == "maximize"
+    # early termination needs the number logged after every batch; it ends equal to the final one
+    wanted = "live/robust_acc/worst_case" if spec.raw.get("early_terminate") else "test/robust_acc/worst_case"
+    assert spec.metric["name"] == wanted and spec.metric["goal"] == "maximize"
     plan = expand(spec, count=4) if spec.method == "random" else expand(spec)
     for extra in _arguments_of(path):
         check_extra_args(spec, extra, groups=GROUPS)

@@ -359,6 +359,28 @@ def test_other_sweep_level_problems_are_one_paragraph(tmp_path, capsys, changes,
 
 
 # ---------------------------------------------------------------------------------------------- early_terminate
+LIVE_CLEAN = {"name": "live/clean_acc", "goal": "maximize"}  # logged after every batch: what hyperband compares
+
+
+@pytest.mark.parametrize("metric, fix", [
+    ({"name": "test/clean_acc", "goal": "maximize"}, "live/clean_acc"),
+    ({"name": "test/robust_acc/worst_case", "goal": "maximize"}, "live/robust_acc/worst_case"),
+    ({"name": "test/num_samples", "goal": "minimize"}, "live/robust_acc/worst_case"),
+])
+def test_early_terminate_on_a_metric_logged_only_at_the_end_is_refused(tmp_path, capsys, metric, fix):
+    err = _refused(capsys, _sweep(tmp_path, early_terminate={"type": "hyperband", "min_iter": 2}, metric=metric))
+    assert "logs only once" in err and f"Fix: metric: {{name: {fix}" in err
+
+
+def test_live_metrics_are_accepted_and_checked_per_run(tmp_path, capsys):
+    """live/robust_acc/<attack> is checked against each run's attacks, as test/ metrics are."""
+    good = _sweep(tmp_path, metric={"name": "live/robust_acc/worst_case", "goal": "maximize"},
+                  command=PROGRAM + ["experiment=tiny", "attack=aa_clipure", "${args_no_hyphens}"])
+    assert len(_dry_run(capsys, good)) == 2
+    err = _refused(capsys, _sweep(tmp_path, metric={"name": "live/robust_acc/square", "goal": "maximize"},
+                                  command=PROGRAM + ["experiment=tiny", "attack=aa_clipure", "${args_no_hyphens}"]))
+    assert "would not log metric live/robust_acc/square" in err and "live/robust_acc/aa_clipure" in err
+
 
 @pytest.mark.parametrize("stop, expected", [
     ({"type": "hyperband"}, "neither min_iter nor max_iter with s"),
@@ -370,13 +392,13 @@ def test_other_sweep_level_problems_are_one_paragraph(tmp_path, capsys, changes,
     ("hyperband", "must be a mapping"),
 ])
 def test_malformed_early_terminate_is_refused(tmp_path, capsys, stop, expected):
-    err = _refused(capsys, _sweep(tmp_path, early_terminate=stop))
+    err = _refused(capsys, _sweep(tmp_path, early_terminate=stop, metric=LIVE_CLEAN))
     assert "early_terminate" in err and expected in err
 
 
 @pytest.mark.parametrize("stop", [{"type": "hyperband", "min_iter": 3}, {"type": "hyperband", "max_iter": 27, "s": 2, "eta": 3}])
 def test_hyperband_is_accepted_and_named_as_not_applied_by_sweep_py(tmp_path, capsys, caplog, stop):
-    path = _sweep(tmp_path, early_terminate=stop)
+    path = _sweep(tmp_path, early_terminate=stop, metric=LIVE_CLEAN)
     assert schema_violations(yaml.safe_load(path.read_text())) == []
     with caplog.at_level("WARNING"):
         assert len(_dry_run(capsys, path)) == 2

@@ -17,7 +17,8 @@ import yaml
 from clipure_lit.sweeping.plan import command_args, expand, load_sweep
 
 from conftest import PROJECT_ROOT, needs_shared_cifar
-from wandb_offline import clean_env, finished_batches, of_type, run_files, stop_eval, summary_of, wandb_records
+from wandb_offline import (clean_env, finished_batches, history_of, of_type, run_files, stop_eval, summary_of,
+                           wandb_records)
 
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
@@ -61,6 +62,42 @@ def test_agent_launched_run_records_sweep_id_swept_config_and_the_sweep_metric(t
     assert summary[metric] == pytest.approx(results["robust"]["worst_case"]["acc"])
 
 
+def live_rows(records: list) -> list[dict]:
+    """The history rows that carry the live numbers (logged after every batch)."""
+    return [row for row in history_of(records) if "live/samples_done" in row]
+
+
+@needs_shared_cifar
+@pytest.mark.timeout(300)
+def test_agent_run_logs_the_live_series_that_early_terminate_acts_on_and_the_final_summary(tmp_path):
+    """The shipped early-stopping sweep's metric is logged after every batch with the samples done as its step, so
+    W&B's hyperband has a history to compare; it ends equal to the final number, and the final summary is kept."""
+    spec = load_sweep(PROJECT_ROOT / "sweeps" / "cos_early_stop.yaml")
+    assert spec.raw["early_terminate"]["type"] == "hyperband"
+    params = expand(spec, count=1)[0]
+    env = clean_env(WANDB_SWEEP_ID="es123", WANDB_RUN_ID="run3", WANDB_PROJECT="clipure_lit")
+    run_dir = tmp_path / "run"
+    argv = command_args(spec, params, python=sys.executable) + TINY_ATTACK + [
+        "data.num_samples=6", f"run_dir={run_dir}", f"prompts.cache_dir={tmp_path / 'text'}"]
+    done = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = run_files(run_dir)
+    records = list(wandb_records(path))
+    rows = live_rows(records)
+    metric = spec.metric["name"]
+    assert metric == "live/robust_acc/worst_case"
+    assert [r["live/samples_done"] for r in rows] == [2, 4, 6]  # three batches of 2
+    assert [r["trainer/global_step"] for r in rows] == [2, 4, 6]  # W&B's x-axis for every logged metric
+    assert all(0.0 <= r[metric] <= r["live/robust_acc/aa_clipure"] <= 1.0 for r in rows)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert rows[-1][metric] == pytest.approx(results["robust"]["worst_case"]["acc"])
+    assert rows[-1]["live/clean_acc"] == pytest.approx(results["clean"]["acc"])
+    summary = summary_of(records)
+    assert summary["test/robust_acc/worst_case"] == pytest.approx(results["robust"]["worst_case"]["acc"])
+    assert summary[metric] == pytest.approx(results["robust"]["worst_case"]["acc"])
+    assert summary["test/clean_acc"] == pytest.approx(results["clean"]["acc"]) and summary["status"] == "finished"
+
+
 @needs_shared_cifar
 @pytest.mark.timeout(600)
 def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ctrl_c_is_not(tmp_path):
@@ -84,3 +121,6 @@ def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ct
                                                                  for i in b["columns"]["label"]["ids"]})
     log = (tmp_path / "first.log").read_text()
     assert "Stopped by SIGINT (Ctrl-C)" in log and "Traceback" not in log
+    # The live series continues across the stop: the resumed launch counts the samples finished before it.
+    before, after = ([r["live/samples_done"] for r in live_rows(r)] for r in records)
+    assert before and after and before == sorted(before) and after == sorted(after) and after[0] > before[-1]
