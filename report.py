@@ -3,6 +3,8 @@ or the findings document (docs/findings.md) made from the committed runs of find
 
     python report.py runs/sweeps/cos_step_size_x_steps            # a sweep folder
     python report.py runs/a runs/b --out runs/a_vs_b --baseline a  # any run folders; compare against run 'a'
+    python report.py runs/sweeps/cos_random_search --confirm data.ids_file=heldout_ids.txt   # the sweep's winner
+                                                     # evaluated again on held-out images: selection vs held out
 
     python report.py --findings                      # docs/findings.md + docs/findings/*.png from findings/runs (seconds)
     python report.py --findings --check              # exit 1 when docs/findings.md is not what the committed runs give
@@ -86,6 +88,18 @@ def _findings(args) -> int:
     return 0
 
 
+def _confirm(args) -> str:
+    """Evaluate the sweep's winner(s) on the held-out images; the Markdown section for report.md."""
+    from clipure_lit.errors import ConfigError
+    from clipure_lit.reporting.selection import selection_markdown
+    from clipure_lit.sweeping.confirm import confirm_winners
+
+    if len(args.paths) != 1:
+        raise ConfigError(f"--confirm confirms the winner of one sweep folder, and {len(args.paths)} folders were given. "
+                          "Fix: python report.py <sweep folder> --confirm data.ids_file=<held-out ids>.")
+    return selection_markdown(confirm_winners(args.paths[0], args.confirm, args.top, args.metric, args.goal))
+
+
 def main(argv: list[str] | None = None) -> dict | int:
     from clipure_lit.errors import ClipureError
     from clipure_lit.reporting import build_report, format_report
@@ -94,6 +108,14 @@ def main(argv: list[str] | None = None) -> dict | int:
     parser.add_argument("paths", nargs="*", help="folders searched (recursively) for finished runs")
     parser.add_argument("--out", help="report folder (default: the first path); with --findings, the Markdown file")
     parser.add_argument("--baseline", help="run folder name or path the paired comparisons are made against (default: the first run)")
+    confirm = parser.add_argument_group("confirming a sweep's winner on held-out images (docs/evaluation.md)")
+    confirm.add_argument("--confirm", nargs="+", metavar="KEY=VALUE",
+                         help="the held-out images (data.ids_file=..., or data.subset / data.subset_seed / data.num_samples / "
+                              "data.split): the best run(s) of the sweep folder are evaluated there in <sweep folder>.confirm/ "
+                              "and the report gains a Selection table (selection.md/.csv/.tex)")
+    confirm.add_argument("--top", type=int, default=1, help="with --confirm: how many of the best runs (default 1; ties included)")
+    confirm.add_argument("--metric", help="with --confirm: the accuracy to rank by (default: the sweep's metric)")
+    confirm.add_argument("--goal", choices=("maximize", "minimize"), help="with --confirm: (default: the sweep's goal)")
     findings = parser.add_argument_group("findings document")
     findings.add_argument("--findings", action="store_true", help=f"write {DOC} from the runs of {STUDIES}")
     findings.add_argument("--studies", default=str(STUDIES), help=f"study file (default {STUDIES})")
@@ -112,7 +134,12 @@ def main(argv: list[str] | None = None) -> dict | int:
             return _findings(args)
         if not args.paths:
             parser.error("give run folders, or --findings")
-        summary = build_report(args.paths, args.out, args.baseline)
+        selection = None
+        if not args.confirm and (args.top != 1 or args.metric or args.goal):
+            parser.error("--top, --metric and --goal choose what --confirm evaluates again: add --confirm <held-out images>")
+        if args.confirm:
+            selection = _confirm(args)
+        summary = build_report(args.paths, args.out, args.baseline, selection=selection)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

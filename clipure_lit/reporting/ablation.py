@@ -247,9 +247,11 @@ def pick_baseline(runs: list[Run], labels: dict[Path, str], baseline: str | None
                       "give the label shown in report.md, which is unique, or the run folder's path.")
 
 
-def build_report(paths: Sequence[str | Path], out: str | Path | None = None, baseline: str | None = None) -> dict:
+def build_report(paths: Sequence[str | Path], out: str | Path | None = None, baseline: str | None = None,
+                 selection: str | None = None) -> dict:
     """Collect the runs under ``paths`` and write the report into ``out`` (default: the first path). ``baseline``
-    is a run's label (folder name, or path below the shared folder when names repeat) or path."""
+    is a run's label (folder name, or path below the shared folder when names repeat) or path; ``selection``, a
+    Markdown section (:func:`clipure_lit.reporting.selection.selection_markdown`) appended to ``report.md``."""
     runs = collect_runs(paths)
     labels = run_labels(runs)
     base = pick_baseline(runs, labels, baseline)  # before anything is written: a bad name writes no report
@@ -257,6 +259,9 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, bas
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
     write_table(runs, keys, out)
+    if selection:
+        with open(out / "report.md", "a") as fh:
+            fh.write("\n" + selection)
     write_latex(runs, keys, labels, out)
     plots, skipped = plot_against(runs, keys, out)
     if not keys:
