@@ -13,11 +13,13 @@ from typing import Sequence
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Compose the config from ``argv`` (``sys.argv[1:]`` when None; root ``conf/train.yaml``), run the job named by
-    ``job`` and return its metrics (also written to ``<run folder>/results.json``)."""
+    ``job``, print its summary (only in the first process of a multi-process run) and return its metrics (also
+    written to ``<run folder>/results.json``)."""
     # Idle OpenMP threads must sleep, not spin, when other processes share the cores (set before torch starts).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from clipure_lit.cli import run_cli
     from clipure_lit.config.train_schema import TrainRunCfg, validate_train_config
+    from clipure_lit.utils.distributed import launcher_rank_is_zero
 
     def job(cfg) -> dict:
         # heavy: the training jobs import Lightning (~4.5 s), which --help and --cfg must not pay for
@@ -31,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return format_train_summary(metrics)
 
     return run_cli(argv, "train.py", "Train a small CLIP, a diffusion prior on its embeddings, or FARE/TeCoA fine-tuning "
-                   "(job=clip|prior|fare|tecoa).", job, report, root="train", schema=TrainRunCfg,
+                   "(job=clip|prior|fare|tecoa).", job, report if launcher_rank_is_zero() else None, root="train", schema=TrainRunCfg,
                    validate=validate_train_config)
 
 

@@ -9,6 +9,7 @@ cached image embeddings), ``fare`` / ``tecoa`` (adversarial fine-tuning of the i
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,20 @@ from clipure_lit.data.config import DataCfg
 from clipure_lit.data.datasets import list_datasets
 from clipure_lit.errors import ConfigError
 from clipure_lit.loggers import LoggerCfg
-from clipure_lit.purifiers.prior import DiffPriorCfg
+from clipure_lit.purifiers.registry import config_sections
 from clipure_lit.utils.console import LogLevel
 
 TRAIN_JOBS = ("clip", "prior", "fare", "tecoa")
+
+
+def _prior_config_class(purifier: str = "clipure_diff") -> type:
+    """The dataclass of ``purifier.<purifier>.prior`` from the purifier registry: the ``prior`` job trains the
+    network that purifier loads, described by the same keys (``prior_train.prior.*``)."""
+    section = config_sections([purifier])[purifier]
+    return next(f.default_factory for f in dataclasses.fields(section) if f.name == "prior")
+
+
+DiffPriorCfg = _prior_config_class()
 
 
 @dataclass

@@ -36,8 +36,8 @@ from clipure_lit.clip.zeroshot import class_embeddings
 from clipure_lit.config.loader import to_plain
 from clipure_lit.errors import ConfigError
 from clipure_lit.training.clip_job import augment_uint8
-from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
-                                         build_fit_trainer, copy_export, export_state_dict, resolve_resume)
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationColumns, attention_kernel,
+                                         build_fit_trainer, export_final, export_state_dict, resolve_resume)
 from clipure_lit.training.data import training_inputs
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def pgd_linf(loss_fn: Callable[[Tensor], Tensor], x: Tensor, eps: float, steps: 
     return (x + delta).detach()
 
 
-class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
+class AdvTrainModule(BudgetedModule, ValidationColumns, pl.LightningModule):
     """FARE / TeCoA fine-tuning of ``backbone.model.visual`` (module docstring)."""
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
@@ -117,8 +117,8 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
         return self.optimizers_for(self.backbone.model.parameters())
 
     def validation_step(self, batch, batch_idx) -> None:
-        x, y = batch[0], batch[1]
-        self.collect_validation(self.backbone.encode_image(x), y)
+        x, y, ids = batch[0], batch[1], batch[2]  # [B, 3, H, W] in [0, 1], [B], [B]
+        columns = {"z": self.backbone.encode_image(x).float(), "y": y}  # z: [B, D] unit embeddings
         steps = int(self.at.val_pgd_steps)
         if steps:
             # The zero-shot cross-entropy (unit scale) for both jobs: what val/robust_acc measures is classification.
@@ -126,20 +126,20 @@ class AdvTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
             gen = torch.Generator(device=x.device).manual_seed(int(self.cfg.seed) * 1000 + batch_idx)
             x_adv = pgd_linf(head, x, self.at.eps / 255, steps, self.at.eps / 4 / 255, generator=gen)
             z_adv = F.normalize(self.features(x_adv), dim=-1)
-            self.__dict__.setdefault("_val_robust", []).append(((z_adv @ self.class_emb).argmax(1) == y).cpu())
+            columns["robust"] = (z_adv @ self.class_emb).argmax(1) == y  # [B] bool
+        self.collect_validation(ids, **columns)
 
     def on_validation_epoch_end(self) -> None:
-        collected = self.take_validation()
-        robust = self.__dict__.pop("_val_robust", [])
+        collected = self.take_validation()  # every rank's samples, each once
         if collected is None:
             return
-        z, y = collected
+        z, y = collected["z"], collected["y"]
         acc = float(((z @ self.class_emb.cpu()).argmax(1) == y).float().mean())
         self.last_val = {"clean_acc": acc}
-        self.log("val/clean_acc", acc)
-        if robust:
-            self.last_val["robust_acc"] = float(torch.cat(robust).float().mean())
-            self.log("val/robust_acc", self.last_val["robust_acc"])
+        if "robust" in collected:
+            self.last_val["robust_acc"] = float(collected["robust"].float().mean())
+        # The same values on every rank (gathered above); sync_dist keeps Lightning's epoch-level reduction explicit.
+        self.log_dict({f"val/{k}": v for k, v in self.last_val.items()}, sync_dist=True)
         log.info("step %d: val %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
 
     def export(self, path: Path) -> Path:
@@ -159,7 +159,7 @@ def run_adv(cfg, run_dir: Path, logger) -> dict:
     with attention_kernel(cfg.fit.sdpa_math):
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)
     fit_s = time.perf_counter() - start
-    export = module.export(run_dir / EXPORT_DIR / f"{cfg.clip.arch}_{cfg.job}.safetensors")
-    shipped = copy_export(export, cfg.adv_train.export_to, "adv_train.export_to", cfg.overwrite)
+    export, shipped = export_final(module, run_dir / EXPORT_DIR / f"{cfg.clip.arch}_{cfg.job}.safetensors",
+                                   cfg.adv_train.export_to, "adv_train.export_to", cfg.overwrite)
     return {"job": cfg.job, "global_step": int(trainer.global_step), "fit_seconds": round(fit_s, 1), "export": str(export),
             "export_to": shipped, **{f"val/{k}": v for k, v in module.last_val.items()}}

@@ -41,8 +41,8 @@ from clipure_lit.clip.prompts import blank_prompts, format_prompts, get_template
 from clipure_lit.clip.zeroshot import class_embeddings, encode_prompts
 from clipure_lit.config.loader import load_config, to_plain
 from clipure_lit.data.datamodule import ZeroShotDataModule
-from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationEmbeddings, attention_kernel,
-                                         build_fit_trainer, copy_export, export_state_dict, resolve_resume)
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationColumns, attention_kernel,
+                                         build_fit_trainer, export_final, export_state_dict, resolve_resume)
 from clipure_lit.training.data import training_inputs
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def multi_positive_ce(scores: Tensor, positives: Tensor) -> Tensor:
     return -(torch.logsumexp(pos, dim=1) - torch.logsumexp(scores, dim=1)).mean()
 
 
-class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
+class ClipTrainModule(BudgetedModule, ValidationColumns, pl.LightningModule):
     """The trainable ``ClipBackbone`` plus the tokenised prompts of the objective (module docstring)."""
 
     def __init__(self, cfg, backbone, tokenizer, classnames: list[str], run_dir: Path | None = None) -> None:
@@ -160,17 +160,18 @@ class ClipTrainModule(BudgetedModule, ValidationEmbeddings, pl.LightningModule):
 
     # ---- validation ------------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx) -> None:
-        x, y = batch[0], batch[1]  # float [B, 3, H, W] in [0, 1], [B]
-        self.collect_validation(self.encode_images(x), y)
+        x, y, ids = batch[0], batch[1], batch[2]  # float [B, 3, H, W] in [0, 1], [B], [B]
+        self.collect_validation(ids, z=self.encode_images(x).float(), y=y)
 
     def on_validation_epoch_end(self) -> None:
-        collected = self.take_validation()
+        collected = self.take_validation()  # every rank's samples, each once
         if collected is None:
             return
-        z, y = collected
-        stats = zero_shot_stats(self.backbone, self.tokenizer, self.classnames, self.cfg.prompts, z, y)
+        stats = zero_shot_stats(self.backbone, self.tokenizer, self.classnames, self.cfg.prompts, collected["z"],
+                                collected["y"])
         self.last_val = {k: v for k, v in stats.items() if isinstance(v, float)}
-        self.log_dict({f"val/{k}": v for k, v in self.last_val.items()}, prog_bar=False)
+        # The same values on every rank (gathered above); sync_dist keeps Lightning's epoch-level reduction explicit.
+        self.log_dict({f"val/{k}": v for k, v in self.last_val.items()}, prog_bar=False, sync_dist=True)
         log.info("step %d: val acc %.4f, cos(z, t_blank) mean %.3f min %.3f, class means %.3f..%.3f",
                  self.global_step, stats["acc"], stats["cos_blank_mean"], stats["cos_blank_min"],
                  stats["cos_blank_class_min"], stats["cos_blank_class_max"])
@@ -221,8 +222,8 @@ def run_clip(cfg, run_dir: Path, logger) -> dict:
     with attention_kernel(cfg.fit.sdpa_math):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     elapsed = time.perf_counter() - start
-    export = module.export(run_dir / EXPORT_DIR / f"{cfg.clip.arch}.safetensors")
-    shipped = copy_export(export, cfg.clip_train.export_to, "clip_train.export_to", cfg.overwrite)
+    export, shipped = export_final(module, run_dir / EXPORT_DIR / f"{cfg.clip.arch}.safetensors",
+                                   cfg.clip_train.export_to, "clip_train.export_to", cfg.overwrite)
     return {"job": "clip", "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "fit_seconds": round(elapsed, 1), "export": str(export), "export_to": shipped,
             "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),

@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from clipure_lit.config.loader import to_yaml
 from clipure_lit.config.train_schema import check_export_destination
 from clipure_lit.errors import ConfigError, DataNotFoundError
+from clipure_lit.utils.distributed import gather_varlen, unique_by_id
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,29 @@ def warmup_cosine(p: float, warmup_frac: float, min_ratio: float, min_warm: floa
 
 class ScheduleClock:
     """Training progress ``p = max(step / total_steps, elapsed / budget)`` (the time term only when a budget is
-    set). ``elapsed`` counts wall-clock seconds since ``start()`` plus ``offset`` (restored on resume)."""
+    set). ``elapsed`` counts wall-clock seconds since ``start()`` plus ``offset`` (restored on resume), or is the
+    value last given to :meth:`pin`."""
 
     def __init__(self, total_steps: float, budget_s: float | None = None) -> None:
         self.total_steps = max(1.0, float(total_steps))
         self.budget_s = budget_s
         self.offset = 0.0
         self._t0: float | None = None
+        self._pinned: float | None = None
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
 
-    def elapsed(self) -> float:
+    def measured(self) -> float:
+        """Seconds since ``start()`` plus ``offset``, whatever is pinned."""
         return self.offset + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def pin(self, elapsed: float) -> None:
+        """Hold ``elapsed()`` at ``elapsed`` until the next pin (several processes take rank 0's time)."""
+        self._pinned = float(elapsed)
+
+    def elapsed(self) -> float:
+        return self._pinned if self._pinned is not None else self.measured()
 
     def progress(self, step: int) -> float:
         p = step / self.total_steps
@@ -227,18 +238,53 @@ def copy_export(src: Path, dest: str | None, key: str, overwrite: bool) -> str |
     return str(target)
 
 
-class ValidationEmbeddings:
-    """Mixin collecting validation embeddings ``z [N, D]`` and labels ``y [N]`` on the CPU over an epoch."""
+def export_final(module, path: Path, dest: str | None, key: str, overwrite: bool) -> tuple[Path, str | None]:
+    """The job's last step: ``module.export(path)`` and :func:`copy_export` to ``dest``, written by rank 0 only
+    (the other ranks of a multi-process run hold the same weights); returns ``(path, the copy or None)`` on
+    every rank."""
+    if not module.trainer.is_global_zero:
+        return Path(path), str(dest) if dest else None
+    export = module.export(path)
+    return export, copy_export(export, dest, key, overwrite)
 
-    def collect_validation(self, z: Tensor, y: Tensor) -> None:
-        self.__dict__.setdefault("_val", []).append((z.float().cpu(), y.cpu()))
 
-    def take_validation(self) -> tuple[Tensor, Tensor] | None:
-        """The epoch's ``(z, y)`` concatenated, and the store emptied; None when nothing was collected."""
+class ValidationColumns:
+    """Mixin collecting per-sample validation columns (e.g. embeddings ``z [B, D]``, labels ``y [B]``) keyed by
+    sample id over an epoch, on the CPU. :meth:`take_validation` returns every rank's rows, each sample once (the
+    distributed sampler pads a rank's share with repeated samples), so that every rank computes the same metrics,
+    over the whole validation set."""
+
+    def collect_validation(self, ids: Tensor, **columns: Tensor) -> None:
+        """Add one batch: sample ids ``[B]`` and columns whose first dimension is ``B``."""
+        self.__dict__.setdefault("_val", []).append((ids.cpu(), {k: v.cpu() for k, v in columns.items()}))
+
+    def take_validation(self) -> dict[str, Tensor] | None:
+        """The epoch's columns (``"ids"`` included, sorted by id), gathered from every rank and de-duplicated by
+        sample id, and the store emptied; None when nothing was collected. Under several processes every rank must
+        call it (it gathers)."""
         collected = self.__dict__.pop("_val", [])
         if not collected:
             return None
-        return torch.cat([z for z, _ in collected]), torch.cat([y for _, y in collected])
+        ids = torch.cat([i for i, _ in collected])  # [N]
+        columns = {k: torch.cat([c[k] for _, c in collected]) for k in collected[0][1]}
+        ids = gather_rows(self, ids)
+        out = {}
+        for name, values in columns.items():
+            kept_ids, out[name] = unique_by_id(ids, gather_rows(self, values))
+        out["ids"] = kept_ids
+        return out
+
+
+def gather_rows(module, rows: Tensor) -> Tensor:
+    """Every rank's ``rows [N_r, ...]`` concatenated in rank order ``[sum_r N_r, ...]`` (``N_r`` may differ; the
+    trailing dimensions may not); ``rows`` itself under one process. Booleans travel as uint8 (gloo has no bool)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size == 1:
+        return rows
+    flat = rows.to(torch.uint8) if rows.dtype == torch.bool else rows
+    gathered = gather_varlen(module, flat.reshape(-1).to(module.device)).cpu()  # [sum_r N_r * prod(trailing)]
+    gathered = gathered.to(rows.dtype) if rows.dtype == torch.bool else gathered
+    return gathered.view(-1, *rows.shape[1:])
 
 
 class BudgetedModule:
@@ -262,6 +308,13 @@ class BudgetedModule:
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.budget_step_end()
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Under several processes, each rank's own clock would give each its own LR (the replicas would drift apart)
+        # and its own stop decision (one rank would stop while the others wait for it at the next gradient
+        # exchange): every rank takes rank 0's time before the step whose LR the schedule sets.
+        if self.clock is not None and self.clock.budget_s and self.trainer.world_size > 1:
+            self.clock.pin(self.trainer.strategy.broadcast(self.clock.measured(), src=0))
+
     def budget_step_end(self) -> None:
         if self.clock is None:
             return
@@ -277,10 +330,11 @@ class BudgetedModule:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Every checkpoint carries the resolved config and the elapsed time, and refreshes the exported weights
-        (``<run>/export/last.safetensors``) so an interrupted run still leaves loadable weights."""
+        (``<run>/export/last.safetensors``, by rank 0 only, which also writes the checkpoint) so an interrupted run
+        still leaves loadable weights."""
         checkpoint["clipure_config_yaml"] = to_yaml(self.cfg)
         self.save_clock(checkpoint)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.trainer.is_global_zero:
             self.export(self.run_dir / EXPORT_DIR / "last.safetensors")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -3,10 +3,15 @@
 The run folder (``run_dir``, else ``<output_root>/<name>/<timestamp>``) holds ``config.yaml`` (resolved, written
 first), ``environment.json``, ``checkpoints/last.ckpt`` (resumable training state), ``export/`` (the model
 weights the evaluation side loads) and ``results.json`` (the returned metrics), plus the logger's files.
+
+Under several processes (``trainer.devices=2 trainer.strategy=ddp``, torchrun, srun) every process uses the one run
+folder of :func:`~clipure_lit.run_folder.make_run_dir`; only rank 0 writes ``config.yaml``, ``environment.json``,
+the checkpoints, the export and ``results.json`` (its metrics).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -21,11 +26,13 @@ from clipure_lit.config.loader import to_plain
 from clipure_lit.loggers import build_logger, run_end_for
 from clipure_lit.results import write_json
 from clipure_lit.config.validate import check_accelerator_present
-from clipure_lit.run_folder import close_logger, exclusive_run_folder, make_run_dir, run_log, write_config, write_environment
+from clipure_lit.run_folder import (close_logger, exclusive_run_folder, make_run_dir, run_log, share_run_dir, write_config,
+                                    write_environment)
 from clipure_lit.training.adv_job import run_adv
 from clipure_lit.training.clip_job import run_clip
 from clipure_lit.training.common import CKPT_DIR, configure_cpu
 from clipure_lit.training.prior_job import run_prior
+from clipure_lit.utils.distributed import launcher_rank_is_zero
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +53,19 @@ def run_train(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir) -> dict:
-    write_config(run_dir, cfg)
-    write_environment(run_dir)
+    writes = launcher_rank_is_zero()  # before a process group exists: what the launcher says this process is
+    if writes:
+        write_config(run_dir, cfg)
+        write_environment(run_dir)
     logger = build_logger(cfg, run_dir, to_plain(cfg))
     start = time.perf_counter()
     end = None  # how the job ended, for the logger; None: from the exception passing through (or finished)
+    # Processes Lightning starts for trainer.devices > 1 re-run this command line: without run_dir in it, they learn
+    # this run's folder from the environment.
+    shared = share_run_dir(run_dir) if not cfg.run_dir else contextlib.nullcontext()
     try:
-        metrics = _jobs()[cfg.job](cfg, run_dir, logger)
+        with shared:
+            metrics = _jobs()[cfg.job](cfg, run_dir, logger)
     except SIGTERMException as exc:
         end = run_end_for(exc)
         # Lightning's SIGTERM exception is a SystemExit without a code: left alone, a stopped training would exit 0,
@@ -63,7 +76,8 @@ def _train(cfg: DictConfig, run_dir) -> dict:
     finally:
         close_logger(logger, end)
     metrics = {**metrics, "run_dir": str(run_dir), "wall_seconds": round(time.perf_counter() - start, 1)}
-    write_json(run_dir / "results.json", metrics)
+    if writes:
+        write_json(run_dir / "results.json", metrics)
     return metrics
 
 

@@ -5,7 +5,8 @@ map) and ``meta.json`` (``{"n", "dim", "done", "fingerprint", "dataset"}``). ``k
 weights fingerprint (every parameter and buffer, plus resize mode, input size, mean/std and input dtype) and the
 dataset identity (name, root, split, image size, number of images), so any change to the backbone gives a new
 entry. Rows are computed in dataset order in chunks; ``done`` is advanced after each chunk is flushed, so an
-interrupted run resumes at the first missing row.
+interrupted run resumes at the first missing row. Processes sharing an entry (the ranks of a multi-process run,
+concurrent runs) hold ``<key>/.lock`` in turn: the first computes the rows, the others find them done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from clipure_lit.training.common import weights_fingerprint
@@ -67,6 +69,13 @@ def cached_image_embeddings(backbone, dataset, ids: list[int], dataset_id: dict,
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / key
     folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        return _fill(backbone, dataset, ids, ident, folder, batch_size, chunk, load_batch)
+
+
+def _fill(backbone, dataset, ids: list[int], ident: dict, folder: Path, batch_size: int, chunk: int,
+          load_batch: Callable[[int, int], Tensor] | None) -> CacheResult:
+    """The body of :func:`cached_image_embeddings` in the entry's ``folder``, with its lock held."""
     arr_path, meta_path = folder / "embeddings.npy", folder / "meta.json"
     n, dim = len(ids), backbone.embed_dim
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None

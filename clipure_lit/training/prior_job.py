@@ -30,8 +30,8 @@ from clipure_lit.config.loader import to_plain
 from clipure_lit.data.datasets import build_dataset, select_ids
 from clipure_lit.errors import ConfigError
 from clipure_lit.purifiers.prior import build_prior
-from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, attention_kernel, build_fit_trainer, copy_export,
-                                         export_state_dict, resolve_resume)
+from clipure_lit.training.common import (EXPORT_DIR, BudgetedModule, ValidationColumns, attention_kernel,
+                                         build_fit_trainer, export_final, export_state_dict, resolve_resume)
 from clipure_lit.training.data import TrainDataModule
 from clipure_lit.training.embed_cache import cached_image_embeddings
 from clipure_lit.training.image_cache import load_uint8
@@ -50,8 +50,9 @@ def denoising_loss_per_sample(prior, z: Tensor, t: Tensor, noise: Tensor) -> Ten
     return (pred - target).square().mean(dim=-1)
 
 
-class PriorTrainModule(BudgetedModule, pl.LightningModule):
-    """Trains ``prior.net`` on batches ``(z [B, D],)`` of unit embeddings (module docstring)."""
+class PriorTrainModule(BudgetedModule, ValidationColumns, pl.LightningModule):
+    """Trains ``prior.net`` on batches ``(z [B, D],)`` of unit embeddings and validates on batches ``(z [B, D],
+    ids [B])`` (module docstring)."""
 
     def __init__(self, cfg, prior, train_mean: Tensor | None = None, run_dir: Path | None = None) -> None:
         super().__init__()
@@ -59,11 +60,15 @@ class PriorTrainModule(BudgetedModule, pl.LightningModule):
         self.pt = cfg.prior_train
         self.prior = prior.train()
         self.prior.net.requires_grad_(True)
+        # Fixed rotary frequencies stay fixed: the rotary embedding caches them after the first step, so they would
+        # get a gradient in that step only (and DDP, which expects every trainable parameter in every step, stops).
+        for module in self.prior.net.modules():
+            if isinstance(getattr(module, "freqs", None), torch.nn.Parameter) and not getattr(module, "learned_freq", True):
+                module.freqs.requires_grad_(False)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # [D] mean of the scaled training embeddings: the constant predictor of the validation baseline.
         self.register_buffer("x0_mean", (train_mean if train_mean is not None else torch.zeros(prior.image_embed_dim)).float(),
                              persistent=False)
-        self._val: dict[str, list[Tensor]] = {}
         self.last_val: dict[str, float] = {}
 
     def training_step(self, batch, batch_idx):
@@ -79,24 +84,25 @@ class PriorTrainModule(BudgetedModule, pl.LightningModule):
         return self.optimizers_for(self.prior.net.parameters())
 
     def validation_step(self, batch, batch_idx) -> None:
-        z = batch[0].float()  # [B, D]
+        z, ids = batch[0].float(), batch[1]  # [B, D], [B]
         b, steps = z.shape[0], self.prior.noise_scheduler.num_timesteps
         gen = torch.Generator().manual_seed(1000 + batch_idx)  # same draws at every validation
         t_hi = torch.randint(self.pt.val_t_min, self.pt.val_t_max + 1, (b,), generator=gen).to(z.device)
         t_all = torch.randint(0, steps, (b,), generator=gen).to(z.device)
         noise = torch.randn(z.shape, generator=gen).to(z.device)
         x0 = z * self.prior.image_embed_scale
-        base = (x0 - self.x0_mean).square().mean(-1)
-        for name, t in ((f"loss_t{self.pt.val_t_min}_{self.pt.val_t_max}", t_hi), ("loss_all_t", t_all)):
-            self._val.setdefault(name, []).append(denoising_loss_per_sample(self.prior, z, t, noise).float().cpu())
-        self._val.setdefault("loss_mean_predictor", []).append(base.float().cpu())
+        base = (x0 - self.x0_mean).square().mean(-1)  # [B]
+        columns = {name: denoising_loss_per_sample(self.prior, z, t, noise).float()  # [B] each
+                   for name, t in ((f"loss_t{self.pt.val_t_min}_{self.pt.val_t_max}", t_hi), ("loss_all_t", t_all))}
+        self.collect_validation(ids, **columns, loss_mean_predictor=base.float())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        collected = self.take_validation()  # every rank's samples, each once
+        if collected is None:
             return
-        self.last_val = {k: float(torch.cat(v).mean()) for k, v in self._val.items()}
-        self._val = {}
-        self.log_dict({f"val/{k}": v for k, v in self.last_val.items()})
+        self.last_val = {k: float(v.mean()) for k, v in collected.items() if k != "ids"}
+        # The same values on every rank (gathered above); sync_dist keeps Lightning's epoch-level reduction explicit.
+        self.log_dict({f"val/{k}": v for k, v in self.last_val.items()}, sync_dist=True)
         log.info("step %d: %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in self.last_val.items()))
 
     def export(self, path: Path) -> Path:
@@ -142,15 +148,16 @@ def run_prior(cfg, run_dir: Path, logger) -> dict:
     z = train.embeddings  # [N, D]
     prior = build_prior(pcfg, init_seed=cfg.seed)
     module = PriorTrainModule(cfg, prior, train_mean=(z * prior.image_embed_scale).mean(0), run_dir=run_dir)
-    dm = TrainDataModule((z,), cfg.data.batch_size, val_set=(val.embeddings,) if val is not None else None,
+    val_set = (val.embeddings, torch.arange(len(val.embeddings))) if val is not None else None  # ([M, D], ids [M])
+    dm = TrainDataModule((z,), cfg.data.batch_size, val_set=val_set,
                          val_batch_size=cfg.val_data.batch_size, seed=cfg.seed)
     trainer = build_fit_trainer(cfg, run_dir, logger, callbacks=[], has_val=has_val)
     start = time.perf_counter()
     with attention_kernel(cfg.fit.sdpa_math):
         trainer.fit(module, datamodule=dm, ckpt_path=resolve_resume(cfg, run_dir), weights_only=True)
     fit_s = time.perf_counter() - start
-    export = module.export(run_dir / EXPORT_DIR / "prior.safetensors")
-    shipped = copy_export(export, cfg.prior_train.export_to, "prior_train.export_to", cfg.overwrite)
+    export, shipped = export_final(module, run_dir / EXPORT_DIR / "prior.safetensors", cfg.prior_train.export_to,
+                                   "prior_train.export_to", cfg.overwrite)
     return {"job": "prior", "global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch),
             "num_embeddings": int(z.shape[0]), "embedded_now": int(train.computed), "embed_seconds": round(embed_s, 1),
             "embed_cache": str(train.path), "fit_seconds": round(fit_s, 1), "export": str(export), "export_to": shipped,
