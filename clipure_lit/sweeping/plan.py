@@ -102,8 +102,9 @@ ROBUST_METRIC_PREFIXES = ("test/robust_acc/", "test/robust_correct/", "test/robu
                           "test/robust_acc_ci_high/")
 ATTACK_TIME_PREFIX = "test/time_per_sample/attack/"
 _OCCASIONAL_METRIC_PREFIXES = ("test/flags/", "test/checks/", "test/time_per_sample/checks")
-# The live numbers logged after every batch (clipure_lit.callbacks.running; a test keeps the two lists equal):
-# what a sweep's early_terminate can act on, and at the end equal to the test/ numbers.
+# The live numbers logged after every batch (clipure_lit.callbacks.running, not imported: it brings in torch and
+# Lightning; a test checks these names against what a real test loop logs): what a sweep's early_terminate can act
+# on, and at the end equal to the test/ numbers.
 LIVE_METRICS = ("live/samples_done", "live/clean_acc")
 LIVE_ROBUST_PREFIX = "live/robust_acc/"
 

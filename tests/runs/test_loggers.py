@@ -37,6 +37,33 @@ def test_csv_logger_records_the_metrics_and_the_live_numbers_per_batch(tmp_path)
 
 
 @needs_shared_cifar
+def test_live_steps_continue_across_a_resume(tmp_path, monkeypatch):
+    """A resumed run's first live step counts the samples its earlier launch finished (W&B refuses decreasing steps),
+    and its live numbers cover them: at the end they equal the run's result."""
+    import csv
+
+    import clipure_lit.evaluation as evaluation
+    from conftest import crash_after_batch
+
+    args = _without_logger(tiny_args(tmp_path, "data.num_samples=8", "data.batch_size=3", "trainer.num_threads=1",
+                                     "attack.run=[apgd_ce]", "attack.n_iter=1")) + ["logger=csv"]
+    original = evaluation.eval_callbacks
+    monkeypatch.setattr(evaluation, "eval_callbacks", lambda cfg, run_dir: [crash_after_batch(2)] + original(cfg, run_dir))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        eval_script.main(args)  # batch 1 finished and logged, batch 2 lost
+    monkeypatch.undo()
+    results = eval_script.main(args + ["resume=true"])
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    live = [r for r in rows if r.get("live/samples_done")]
+    # Lightning's CSVLogger starts metrics.csv afresh at each launch: these are the resumed launch's rows, whose
+    # steps go on from the 3 samples the first launch finished (batch 2 again, then the last batch of 2).
+    assert [int(r["step"]) for r in live] == [6, 8]
+    assert [float(r["live/samples_done"]) for r in live] == [6, 8]
+    assert float(live[-1]["live/clean_acc"]) == pytest.approx(results["clean"]["acc"])
+    assert float(live[-1]["live/robust_acc/worst_case"]) == pytest.approx(results["robust"]["worst_case"]["acc"])
+
+
+@needs_shared_cifar
 def test_wandb_logger_runs_offline_without_credentials(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

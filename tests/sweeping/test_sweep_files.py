@@ -38,7 +38,7 @@ def tiny_sweep(tmp_path):
 def test_the_required_sweeps_ship():
     names = {p.stem for p in SWEEP_FILES}
     assert {"cos_step_size_x_steps", "blank_x_class_templates", "grad_mode_x_attack", "epsilon", "diff_timestep_x_noise",
-            "purifier_comparison", "cos_random_search", "cos_early_stop"} <= names
+            "purifier_comparison", "cos_random_search", "cos_step_size_early_stop"} <= names
 
 
 def _arguments_of(path) -> list[list[str]]:

@@ -194,9 +194,13 @@ def test_a_program_other_than_eval_py_is_refused(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------- the metric
 
 def test_metric_names_are_what_an_evaluation_logs(tmp_path):
-    """The names the metric check accepts against the metrics a real test loop logs, with and without attacks."""
+    """The names the metric check accepts against the metrics a real test loop logs, with and without attacks: the
+    final ``test/`` numbers it returns and the ``live/`` numbers its logger (here CSV) records after every batch."""
+    import csv
+
     import pytorch_lightning as pl
     import torch
+    from pytorch_lightning.loggers import CSVLogger
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -204,6 +208,7 @@ def test_metric_names_are_what_an_evaluation_logs(tmp_path):
     from clipure_lit.attacks.presets import attack_config, resolve_attacks
     from clipure_lit.callbacks.data_timing import DataWaitTimer
     from clipure_lit.callbacks.robust_eval import RobustEvalCallback
+    from clipure_lit.callbacks.running import RunningAccuracy
     from clipure_lit.models.lit_module import ZeroShotLitModule
 
     torch.manual_seed(0)
@@ -213,14 +218,19 @@ def test_metric_names_are_what_an_evaluation_logs(tmp_path):
         y = net(x).argmax(-1)
     loader = DataLoader(TensorDataset(x, y, torch.arange(8)), batch_size=4)
     for attacks in ([], ["apgd_ce", "square"]):
-        callbacks = [DataWaitTimer()]
+        callbacks = [RunningAccuracy(log_live=True), DataWaitTimer()]  # the order eval_callbacks builds
         if attacks:
             specs = resolve_attacks(attack_config(run=attacks, n_iter=2, n_queries=5, checks=False))
             callbacks.insert(0, RobustEvalCallback(specs, checks=False))
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_model_summary=False,
+        logger = CSVLogger(tmp_path, name=f"attacks_{len(attacks)}")
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, enable_model_summary=False,
                              enable_checkpointing=False, enable_progress_bar=False, inference_mode=False,
                              default_root_dir=str(tmp_path), callbacks=callbacks)
-        (logged,) = trainer.test(ZeroShotLitModule(classifier_from_model(net)), loader, verbose=False)
+        (returned,) = trainer.test(ZeroShotLitModule(classifier_from_model(net)), loader, verbose=False)
+        with open(f"{logger.log_dir}/metrics.csv", newline="") as fh:
+            live = [n for n in csv.DictReader(fh).fieldnames if n.startswith("live/")]
+        assert live, "no live numbers in metrics.csv"
+        logged = set(returned) | set(live)
         names = metric_names(attacks)
         assert set(names) <= set(logged), sorted(set(names) - set(logged))
         assert ("test/robust_acc/worst_case" in names) == bool(attacks)
