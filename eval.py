@@ -18,6 +18,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from clipure_lit.utils.distributed import launcher_rank_is_zero
 
     argv = expand_flags(sys.argv[1:] if argv is None else argv)
+    if any(a.split("=", 1)[0] in ("--shards", "--merge", "--status") for a in argv):
+        from clipure_lit.sweeping import shards  # one evaluation as N shard runs, their merge, or a status view
+
+        return shards.main(argv, run_cli)
+    what = ("Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites. --estimate: build the "
+            "models, time a few passes of each attack and print what the run will cost (seconds per image, hours, "
+            "peak memory); no run folder is written.")
+    if "--estimate" in argv:
+        from clipure_lit.config.loader import load_config
+        from clipure_lit.estimate import estimate, format_estimate, validate_for_estimate
+
+        argv = [a for a in argv if a != "--estimate"]
+        return run_cli(argv, "eval.py", what,
+                       lambda cfg: estimate(cfg, argv, lambda run_argv: load_config(run_argv, validate=validate_for_estimate)),
+                       format_estimate, validate=validate_for_estimate)
 
     def job(cfg) -> dict:
         # heavy: the evaluation imports Lightning (~4.5 s), which --help and --cfg must not pay for
@@ -25,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         return suite.run_suite(cfg, argv) if cfg.suite.name else evaluation.run_eval(cfg)
 
-    return run_cli(argv, "eval.py", "Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites.", job,
+    return run_cli(argv, "eval.py", what, job,
                    format_eval if launcher_rank_is_zero() else None)
 
 

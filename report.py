@@ -88,21 +88,45 @@ def _findings(args) -> int:
     return 0
 
 
-def _confirm(args) -> str:
-    """Evaluate the sweep's winner(s) on the held-out images; the Markdown section for report.md."""
+def _confirm(args):
+    """Evaluate the sweep's winner(s) on the held-out images (the sweep launcher); returns the
+    :class:`~clipure_lit.sweeping.confirm.Confirmation`."""
     from clipure_lit.errors import ConfigError
-    from clipure_lit.reporting.selection import selection_markdown
     from clipure_lit.sweeping.confirm import confirm_winners
+    from clipure_lit.sweeping.launcher import SweepOptions, slurm_options
 
     if len(args.paths) != 1:
         raise ConfigError(f"--confirm confirms the winner of one sweep folder, and {len(args.paths)} folders were given. "
                           "Fix: python report.py <sweep folder> --confirm data.ids_file=<held-out ids>.")
-    return selection_markdown(confirm_winners(args.paths[0], args.confirm, args.top, args.metric, args.goal))
+    opts = SweepOptions(launcher=args.launcher, parallel=args.parallel, gpus=[g for g in args.gpus.split(",") if g],
+                        wandb="off", retry_failed=args.retry_failed, resubmit=args.resubmit, slurm=slurm_options(args))
+    return confirm_winners(args.paths[0], args.confirm, args.top, args.metric, args.goal, opts)
+
+
+def _unconfirmed(confirmation, argv: list[str]) -> int:
+    """Say which held-out runs have not finished (failed, stopped, or queued on SLURM) and what to run next; the
+    exit status: 0 while SLURM jobs are queued, 1 for a failed run, 128 + n when stopped by signal n."""
+    import shlex
+
+    launch, again = confirmation.launch, shlex.join(["python", "report.py", *argv])
+    print(f"report: the held-out run(s) {confirmation.pending} of {launch.out} have not finished; no Selection table yet.",
+          file=sys.stderr)
+    for name in confirmation.pending:
+        entry = launch.state.get(name, {})
+        print(f"  {name}: {entry.get('status', '?')} {entry.get('reason') or ''} log: {launch.out / name / 'stdout.log'}",
+              file=sys.stderr)
+    if launch.held:
+        print(f"failed runs are launched again only with --retry-failed: {again} --retry-failed", file=sys.stderr)
+    print(f"when they are done (or to resume them), the same command writes the report: {again}", file=sys.stderr)
+    if launch.stopped_by is not None:
+        return 128 + int(launch.stopped_by)
+    return 1 if launch.failed or launch.interrupted else 0
 
 
 def main(argv: list[str] | None = None) -> dict | int:
     from clipure_lit.errors import ClipureError
     from clipure_lit.reporting import build_report, format_report
+    from clipure_lit.sweeping.launcher import add_slurm_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", help="folders searched (recursively) for finished runs")
@@ -111,11 +135,15 @@ def main(argv: list[str] | None = None) -> dict | int:
     confirm = parser.add_argument_group("confirming a sweep's winner on held-out images (docs/evaluation.md)")
     confirm.add_argument("--confirm", nargs="+", metavar="KEY=VALUE",
                          help="the held-out images (data.ids_file=..., or data.subset / data.subset_seed / data.num_samples / "
-                              "data.split): the best run(s) of the sweep folder are evaluated there in <sweep folder>.confirm/ "
-                              "and the report gains a Selection table (selection.md/.csv/.tex)")
+                              "data.split): the best run(s) of the sweep folder are evaluated there in <sweep folder>/confirm/ "
+                              "(resumable) and the report gains a Selection table (report.md/.csv/.tex, selection.csv)")
     confirm.add_argument("--top", type=int, default=1, help="with --confirm: how many of the best runs (default 1; ties included)")
     confirm.add_argument("--metric", help="with --confirm: the accuracy to rank by (default: the sweep's metric)")
     confirm.add_argument("--goal", choices=("maximize", "minimize"), help="with --confirm: (default: the sweep's goal)")
+    confirm.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                         help="with --confirm: local processes (default) or a SLURM job array, as sweep.py")
+    confirm.add_argument("--parallel", type=int, help="with --confirm: held-out runs at the same time")
+    confirm.add_argument("--gpus", default="", help="with --confirm, local: comma-separated GPU ids shared out among runs")
     findings = parser.add_argument_group("findings document")
     findings.add_argument("--findings", action="store_true", help=f"write {DOC} from the runs of {STUDIES}")
     findings.add_argument("--studies", default=str(STUDIES), help=f"study file (default {STUDIES})")
@@ -123,10 +151,12 @@ def main(argv: list[str] | None = None) -> dict | int:
     findings.add_argument("--recompute", action="store_true", help="run (or resume) every study's runs first")
     findings.add_argument("--study", action="append", help="with --recompute or --freeze: only this study (repeatable)")
     findings.add_argument("--retry-failed", action="store_true",
-                          help="with --recompute: run again the runs whose last attempt failed (listed with their reason)")
+                          help="with --recompute or --confirm: run again the runs whose last attempt failed (listed with "
+                               "their reason)")
     findings.add_argument("--check", action="store_true", help=f"compare {DOC} with what the runs give; exit 1 if it differs")
     findings.add_argument("--freeze", action="store_true", help=f"copy the runs' config.yaml/results.json/samples.csv into {COMMITTED_RUNS}")
     findings.add_argument("--overwrite", action="store_true", help="with --freeze: replace the committed runs")
+    add_slurm_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -138,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict | int:
         if not args.confirm and (args.top != 1 or args.metric or args.goal):
             parser.error("--top, --metric and --goal choose what --confirm evaluates again: add --confirm <held-out images>")
         if args.confirm:
-            selection = _confirm(args)
+            confirmation = _confirm(args)
+            if confirmation.pending:
+                return _unconfirmed(confirmation, sys.argv[1:] if argv is None else list(argv))
+            selection = confirmation.confirmed
         summary = build_report(args.paths, args.out, args.baseline, selection=selection)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)

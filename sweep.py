@@ -32,24 +32,12 @@ import signal
 import sys
 
 
-def _slurm_args(items: list[str]) -> dict:
-    from clipure_lit.errors import ConfigError
-
-    extra = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--slurm-arg '{item}' needs the form key=value (e.g. --slurm-arg account=myproject).")
-        extra[key.lstrip("-")] = value
-    return extra
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the sweep; returns ``state.json``'s content. Exits (``SystemExit``) with status 1 when a selected run is
     failed (in this call, or earlier and not retried) or was interrupted from outside, 2 for bad input, 128 + the
     signal number when stopped by a signal. A dry run exits 0 unless the input is bad."""
     from clipure_lit.errors import ClipureError
-    from clipure_lit.sweeping.launcher import SlurmOptions, SweepOptions, format_sweep, run_sweep
+    from clipure_lit.sweeping.launcher import SweepOptions, add_slurm_arguments, format_sweep, run_sweep, slurm_options
     from clipure_lit.sweeping.plan import load_sweep
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -79,16 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grace", type=float, default=30.0, metavar="S",
                         help="seconds a stopped run may take to finish its batch before it is killed (default 30)")
     parser.add_argument("--dry-run", action="store_true", help="print what each selected run would do, and its command, and exit")
-    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    slurm.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit of each run in minutes (default 60); "
-                       "a run that reaches it (or is preempted) is requeued and resumes")
-    slurm.add_argument("--cpus-per-run", type=int, help="CPU cores of each run")
-    slurm.add_argument("--mem-gb", type=float, help="memory of each run in GB")
-    slurm.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other sbatch option, e.g. --slurm-arg account=myproject --slurm-arg qos=high")
-    slurm.add_argument("--resubmit", action="store_true",
-                       help="resubmit runs whose earlier SLURM job state cannot be read (sacct unavailable)")
+    add_slurm_arguments(parser)
     parser.add_argument("--retry-failed", action="store_true",
                         help="launch again the runs whose last attempt failed (without it they are listed with their "
                              "reason and left alone; a run that ran out of memory also needs a larger --mem-gb)")
@@ -102,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                             where=args.where, timeout_min=args.timeout / 60 if args.timeout else None,
                             grace_s=args.grace, wandb=args.wandb,
                             dry_run=args.dry_run, resubmit=args.resubmit, retry_failed=args.retry_failed,
-                            slurm=SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_run=args.cpus_per_run,
-                                               mem_gb=args.mem_gb, extra=_slurm_args(args.slurm_arg)))
+                            slurm=slurm_options(args))
         result = run_sweep(spec, out, args.overrides, opts)
     except ClipureError as exc:
         print(f"error: {exc}", file=sys.stderr)

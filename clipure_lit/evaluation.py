@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import warnings
@@ -24,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from clipure_lit.attacks.checks import declared_batch_dependence
 from clipure_lit.callbacks.build import eval_callbacks
-from clipure_lit.callbacks.resume import merge_records, read_progress
+from clipure_lit.callbacks.resume import check_growth, merge_records, read_progress
 from clipure_lit.callbacks.results_writer import ResultsWriter
 from clipure_lit.clip.backbone import load_backbone
 from clipure_lit.clip.prompts import get_classnames, get_templates
@@ -38,10 +39,11 @@ from clipure_lit.models.classifier import PurifiedZeroShotClassifier
 from clipure_lit.models.lit_module import ZeroShotLitModule
 from clipure_lit.purifiers import BuildContext, build_purifier
 from clipure_lit.purifiers.registry import chosen_sections
-from clipure_lit.results import MISSING, SampleTable, read_json, summarise, write_json
+from clipure_lit.results import read_json, summarise_finished, table_from_columns, write_json
 from clipure_lit.run_folder import (checkpoint_hashes, close_logger, environment_info, exclusive_run_folder, make_run_dir,
                                     run_log, share_run_dir, write_config, write_environment)
-from clipure_lit.utils.distributed import launcher_rank_is_zero, unique_by_id
+from clipure_lit.utils.distributed import launcher_rank_is_zero
+from clipure_lit.utils.requeue import UsrSignalStops, requeue_job, requeue_owner
 from clipure_lit.utils.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -175,17 +177,8 @@ def finished_so_far(run_dir: Path, total: int) -> dict:
     columns = merge_records(read_progress(run_dir))[0]
     if "label" not in columns or "clean_pred" not in columns:
         return {"test/samples_done": 0, "test/samples_total": total}
-    merged = {name: unique_by_id(ids, values) for name, (ids, values) in columns.items()}
-    table = SampleTable(merged["label"][0])
-    for name, (ids, values) in merged.items():
-        column = torch.full((len(table),), MISSING, dtype=values.dtype)
-        keep = torch.isin(ids, table.ids)
-        column[torch.searchsorted(table.ids, ids[keep])] = values[keep]
-        table.columns[name] = column
-    try:
-        numbers = summarise(table)
-    except RuntimeError:  # an attack without results for some finished samples: clean numbers only
-        numbers = summarise(SampleTable(table.ids, {k: table.columns[k] for k in ("label", "clean_pred")}))
+    table = table_from_columns(columns)
+    numbers = summarise_finished(table)  # clean numbers only when an attack lacks some finished samples
     partial = {"clean_acc": numbers["clean"]["acc"], "clean_correct": numbers["clean"]["correct"],
                "robust_acc": {k: v["acc"] for k, v in numbers["robust"].items()},
                "robust_correct": {k: v["correct"] for k, v in numbers["robust"].items()}}
@@ -209,7 +202,8 @@ def run_eval(cfg: DictConfig) -> dict:
     Under several processes (DDP, nodes) every process uses the same run folder (:func:`make_run_dir`), only rank
     0 writes ``config.yaml``, ``environment.json``, ``results.json``, ``samples.csv`` and ``timings.json``, and every
     rank returns the same metrics. SIGTERM during the test loop stops after the current batch (its progress is on
-    disk) and exits with status 143, SIGINT (Ctrl-C) stops at once with status 130; ``resume=true`` continues. The
+    disk) and exits with status 143 (so does SIGUSR1 inside a SLURM job; with ``trainer.requeue_on_preempt=true``
+    the job then requeues itself, :mod:`clipure_lit.utils.requeue`), SIGINT (Ctrl-C) stops at once with status 130; ``resume=true`` continues. The
     logger's run records how the run ended (:func:`~clipure_lit.run_folder.close_logger`): a W&B run gets the exit
     code, ``status`` and the sample counts, and for a stopped or crashed run what it finished
     (:func:`finished_so_far`). The run's log goes to ``<run folder>/log.txt``.
@@ -235,6 +229,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
         datamodule = ZeroShotDataModule(cfg.data)
         datamodule.setup("test")  # fails now, with the path, if the data is missing
         check_evaluated_batches(cfg, datamodule.num_samples, len(datamodule.skipped_files))  # now the count is known
+        if writes:  # a larger data.num_samples on a resumed run: its finished samples must be among the new ones
+            check_growth(run_dir, to_plain(cfg), datamodule.sample_ids)
     described = dict(sample_ids_sha256=datamodule.ids_hash(), num_samples=len(datamodule.sample_ids),
                      skipped_images=[str(p) for p in datamodule.skipped_files],  # data.on_bad_image=skip
                      checkpoints=checkpoint_hashes(cfg))
@@ -256,25 +252,34 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     total = len(datamodule.sample_ids)
     wandb_run = type(logger).__name__ == "WandbLogger"
     sigint = _SigintSeen()
+    usr1 = UsrSignalStops()  # SLURM's warning signal (--signal=B:USR1@<s>): a stop after the batch in flight
     end = None
+    requeue = False
     try:
         # Processes Lightning starts re-run this command line: without run_dir in it, they learn this run's folder
         # from the environment (a suite shares its own folder instead; each of its runs has a run_dir).
         shared = share_run_dir(run_dir) if not cfg.run_dir else contextlib.nullcontext()
-        with timer.phase("test_loop"), shared, sigint:
+        with timer.phase("test_loop"), shared, sigint, usr1:
             trainer.test(module, datamodule=datamodule, verbose=False)
         done = int(module.summary.get("num_samples", 0))
         end = RunEnd(summary={"test/samples_done": done, "test/samples_total": total})
     except BaseException as exc:
         # Lightning turns Ctrl-C (KeyboardInterrupt) into exit status 1; the SIGINT seen says what it was.
         stop = "SIGTERM" if isinstance(exc, SIGTERMException) else "SIGINT" if sigint.seen else None
+        owner = requeue_owner() if stop == "SIGTERM" and cfg.trainer.requeue_on_preempt else None
+        requeue = owner == "scontrol" and trainer.is_global_zero
         if wandb_run and trainer.is_global_zero:  # what the W&B run records: what was finished, from the disk
             end = run_end_for(KeyboardInterrupt() if stop == "SIGINT" else exc, _finished_or_nothing(run_dir, total))
+            if requeue:
+                end.requeued_by = f"SLURM job {os.environ['SLURM_JOB_ID']}, requeued by this run (trainer.requeue_on_preempt)"
         if stop is None:
             raise
-        log.warning("Stopped by %s %s; the finished batches are in %s. Continue with the same arguments plus "
-                    "resume=true run_dir=%s", stop, "after the batch in flight" if stop == "SIGTERM" else "(Ctrl-C)",
-                    run_dir / "progress", run_dir)
+        if owner == "submitit":
+            log.info("trainer.requeue_on_preempt: this job was submitted by sweep.py (submitit), which requeues it.")
+        log.warning("Stopped by %s %s; the finished batches are in %s. %s", "SIGUSR1" if usr1.seen else stop,
+                    "after the batch in flight" if stop == "SIGTERM" else "(Ctrl-C)", run_dir / "progress",
+                    "The SLURM job is requeued and resumes." if requeue else
+                    f"Continue with the same arguments plus resume=true run_dir={run_dir}")
         raise SystemExit(128 + (signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)) from None
     finally:
         if trainer.is_global_zero:  # also after a failure: where the time went up to that point
@@ -282,6 +287,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                                                   "note": "wall clock in the launching process; per-sample times of the "
                                                           "test loop's parts are in results.json (time_per_sample_s)"})
         close_logger(logger, end)
+        if requeue:  # last: SLURM ends this job when it requeues it
+            requeue_job()
 
     if not trainer.is_global_zero:  # only rank 0 wrote results.json (its file system may not be shared)
         return {**module.summary, "run_dir": str(run_dir)}

@@ -143,6 +143,8 @@ class RunEnd:
     signal: Optional[str] = None
     error: Optional[str] = None
     summary: dict = field(default_factory=dict)
+    # Who continues a stopped run (set when the run requeues its own SLURM job); None: see requeue_reason.
+    requeued_by: Optional[str] = None
 
 
 def run_end_for(exc: BaseException | None, summary: dict | None = None) -> RunEnd:
@@ -211,7 +213,7 @@ def finish_wandb_run(run, end: RunEnd) -> None:
     The summary gets ``status`` (``finished``, ``stopped``, ``crashed``), ``stopped_by`` (the signal) or ``error``
     (the exception), and ``end.summary``. A finished run removes the keys of an earlier launch that did not
     finish (``test/partial``, ``stopped_by``, ``error``). A run stopped by SIGTERM that will be continued
-    (:func:`requeue_reason`) is also marked as preempting (``run.mark_preempting()``), which tells W&B to requeue a
+    (``end.requeued_by``, else :func:`requeue_reason`) is also marked as preempting (``run.mark_preempting()``), which tells W&B to requeue a
     sweep's run; a non-zero exit code alone marks it failed.
     """
     summary = {"status": end.status, **end.summary}
@@ -224,7 +226,7 @@ def finish_wandb_run(run, end: RunEnd) -> None:
         for key in _UNFINISHED_KEYS:
             if key not in summary:
                 del run.summary[key]
-    reason = requeue_reason(run) if end.status == "stopped" and end.signal == "SIGTERM" else None
+    reason = (end.requeued_by or requeue_reason(run)) if end.status == "stopped" and end.signal == "SIGTERM" else None
     if reason is not None:
         run.mark_preempting()
     log.info("W&B run %s ends %s with exit code %d%s", run.id, end.status, end.exit_code,

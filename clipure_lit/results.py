@@ -155,6 +155,29 @@ def summarise(table: SampleTable, order: list[str] | None = None) -> dict:
     return out
 
 
+def table_from_columns(columns: dict[str, tuple[Tensor, Tensor]]) -> SampleTable:
+    """A table on the sample ids of ``columns["label"]`` from ``{column: (ids, values)}`` chunks (progress records,
+    possibly with repeated ids: each id is kept once); a column's samples outside ``label``'s are dropped and its
+    missing ones are :data:`MISSING`."""
+    merged = {name: unique_by_id(ids, values) for name, (ids, values) in columns.items()}
+    table = SampleTable(merged["label"][0])
+    for name, (ids, values) in merged.items():
+        column = torch.full((len(table),), MISSING, dtype=values.dtype)
+        keep = torch.isin(ids, table.ids)
+        column[torch.searchsorted(table.ids, ids[keep])] = values[keep]
+        table.columns[name] = column
+    return table
+
+
+def summarise_finished(table: SampleTable, order: list[str] | None = None) -> dict:
+    """:func:`summarise` over the samples finished so far; only the clean numbers when an attack lacks results for
+    some of them (a run stopped between its clean pass and its attacks)."""
+    try:
+        return summarise(table, order)
+    except RuntimeError:
+        return summarise(SampleTable(table.ids, {k: table.columns[k] for k in ("label", "clean_pred")}))
+
+
 def merge_flags(parts: list[dict]) -> dict:
     """Combine per-rank ``{"flags", "messages", "checks"}``: a flag is raised if any rank raised it; measured
     values and messages come from the first rank that has them."""

@@ -32,11 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 from clipure_lit.clip.tokenizers import callable_source, is_callable_spec
 from clipure_lit.config.loader import to_yaml
 from clipure_lit.errors import ConfigError
-from clipure_lit.loggers import RunEnd, finish_wandb_run, log_sync_hint, run_end_for
+from clipure_lit.loggers import RunEnd, finish_wandb_run, log_sync_hint, run_end_for, wandb_agent_run
 from clipure_lit.purifiers.registry import chosen_sections
 from clipure_lit.results import write_json
 from clipure_lit.utils.console import log_to_file
-from clipure_lit.utils.distributed import launched_without_job_id, launcher_job_name, launcher_rank_is_zero
+from clipure_lit.utils.distributed import (launched_without_job_id, launcher_job_name, launcher_rank_is_zero,
+                                          slurm_job_folder)
 from clipure_lit.utils.paths import find_path
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,14 @@ def make_run_dir(cfg: DictConfig) -> Path:
 
     In order: ``cfg.run_dir``; for a process that Lightning started on the node of the run's first process
     (``LOCAL_RANK`` > 0), the folder that process chose (:data:`RUN_DIR_ENV`, see :func:`share_run_dir`);
+    for a run a W&B agent launched, ``<cfg.output_root>/wandb/<sweep id>/<run id>`` (:func:`agent_folder`);
     ``<cfg.output_root>/<cfg.name>/<launcher job>`` for a launch with a job id shared by all its processes
-    (``slurm-<job id>[.<step>]`` under ``srun``, ``torchrun-<rdzv id>``); else a new
+    (``slurm-<job id>[.<step>]`` under ``srun``, ``torchrun-<rdzv id>``) and for any SLURM batch job
+    (``slurm-<job id>[.<step>]``, array tasks as ``<array job id>_<task id>``); else a new
     ``<cfg.output_root>/<cfg.name>/<timestamp>`` (microsecond resolution).
+
+    The folders named after a W&B run or a SLURM job are found again when W&B or SLURM relaunches the same run
+    after a preemption, so that launch can resume (``callbacks.resume.relaunch_resumes``).
 
     Before anything is created, :func:`check_launch_size` compares the launch with ``trainer.devices`` x
     ``trainer.num_nodes``.
@@ -170,8 +176,10 @@ def make_run_dir(cfg: DictConfig) -> Path:
         run_dir = Path(cfg.run_dir)
     elif inherited:
         run_dir = Path(inherited)
-    elif job:
-        run_dir = Path(cfg.output_root) / cfg.name / job
+    elif agent_folder(cfg) is not None:
+        run_dir = agent_folder(cfg)
+    elif job or slurm_job_folder():
+        run_dir = Path(cfg.output_root) / cfg.name / (job or slurm_job_folder())
     else:
         separate = launched_without_job_id() or (f"trainer.num_nodes={cfg.trainer.num_nodes}"
                                                  if "trainer" in cfg and int(cfg.trainer.get("num_nodes", 1) or 1) > 1 else None)
@@ -193,6 +201,17 @@ def make_run_dir(cfg: DictConfig) -> Path:
         raise ConfigError(f"The run folder '{run_dir}' ({key}) is not writable. Fix: choose a writable {key}=<folder>, or "
                           "change the folder's permissions.")
     return run_dir
+
+
+def agent_folder(cfg: DictConfig) -> Path | None:
+    """``<cfg.output_root>/wandb/<sweep id>/<run id>`` when a W&B agent launched this process
+    (:func:`~clipure_lit.loggers.wandb_agent_run`), else None: a run W&B requeues keeps its run id, so its next
+    launch finds this folder."""
+    agent = wandb_agent_run()
+    if agent is None:
+        return None
+    safe = {k: "".join(c if c.isalnum() or c in "-_." else "_" for c in v) for k, v in agent.items()}
+    return Path(cfg.output_root) / "wandb" / safe["sweep_id"] / safe["run_id"]
 
 
 @contextlib.contextmanager

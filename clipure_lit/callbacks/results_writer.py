@@ -26,11 +26,20 @@ class ResultsWriter(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.is_global_zero or pl_module.table is None:
             return
-        pl_module.table.write_csv(self.run_dir / "samples.csv", order=list(pl_module.attack_info))
-        payload = {**pl_module.summary, "run_dir": str(self.run_dir), **self.extra, **_wandb_entry(trainer)}
-        write_json(self.run_dir / "results.json", payload)
-        png = plot_results(payload, self.run_dir / "results.png", config=_run_config(self.run_dir))
+        _, png = write_results(self.run_dir, pl_module.table, pl_module.summary, list(pl_module.attack_info),
+                               {**self.extra, **_wandb_entry(trainer)})
         _log_to_wandb(trainer, self.run_dir / "samples.csv", png)
+
+
+def write_results(run_dir: Path, table, summary: dict, order: list[str], extra: dict) -> tuple[dict, Path]:
+    """Write a run folder's ``samples.csv`` (``table``, attacks in ``order``), ``results.json`` (``summary``, the
+    folder, then ``extra``) and ``results.png``; returns ``(results.json's content, the plot's path)``. What a
+    finished evaluation writes, and what merging the shards of one writes."""
+    run_dir = Path(run_dir)
+    table.write_csv(run_dir / "samples.csv", order=order)
+    payload = {**summary, "run_dir": str(run_dir), **extra}
+    write_json(run_dir / "results.json", payload)
+    return payload, plot_results(payload, run_dir / "results.png", config=_run_config(run_dir))
 
 
 def _run_config(run_dir: Path) -> dict | None:

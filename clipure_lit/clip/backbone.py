@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from clipure_lit.clip.checkpoint import CheckpointReadError, load_into
 from clipure_lit.clip.config import ClipCfg, Precision
 from clipure_lit.clip.tokenizers import build_tokenizer, callable_source, is_callable_spec
-from clipure_lit.clip.weights import ensure_weights_available
+from clipure_lit.clip.weights import ensure_weights_available, hub_load_errors
 from clipure_lit.errors import ConfigError
 from clipure_lit.utils.paths import resolve_path
 
@@ -203,7 +203,7 @@ def load_backbone(cfg: ClipCfg, device: torch.device | str = "cpu", with_tokeniz
     pretrained = cfg.pretrained
     local = pretrained is not None and Path(pretrained).is_file()
     kwargs = {"force_image_size": int(cfg.force_image_size)} if cfg.force_image_size else {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), hub_load_errors(cfg.arch, None if local else pretrained, cfg.cache_dir):
         # Random initialisation (pretrained=None) must not depend on, or disturb, the global RNG.
         torch.manual_seed(cfg.init_seed)
         model = open_clip.create_model(cfg.arch, pretrained=None if local else pretrained, cache_dir=cfg.cache_dir,

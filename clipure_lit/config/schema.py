@@ -57,6 +57,9 @@ class TrainerCfg:
     enable_progress_bar: bool = True
     # Threads per process for CPU runs (null: torch's default).
     num_threads: Optional[int] = None
+    # In a SLURM job of its own: after a stop by SIGTERM or SIGUSR1 (the batch in flight finished), requeue the job
+    # (scontrol requeue); its next start resumes. sweep.py's SLURM jobs are requeued by submitit instead.
+    requeue_on_preempt: bool = False
 
 
 @dataclass

@@ -54,6 +54,11 @@ class DataCfg:
     benchmark: Optional[str] = None
     batch_size: int = 32
     num_workers: int = 0
+    # Shards of one evaluation (``eval.py --shards N`` sets both): the selected ids, cut into ``batch_size`` blocks
+    # (the batches of the one-process run), are split into ``num_shards`` contiguous ranges of whole batches, and a
+    # run evaluates range ``shard`` (0-based). ``num_shards=1``, ``shard=null``: the whole selection.
+    num_shards: int = 1
+    shard: Optional[int] = None
 
 
 def check_data_values(cfg: Any, key: str = "data") -> None:
@@ -72,6 +77,38 @@ def check_data_values(cfg: Any, key: str = "data") -> None:
     if int(cfg.num_workers) < 0:
         raise ConfigError(f"{key}.num_workers={cfg.num_workers} must be >= 0 (0: load in the main process). "
                           f"Fix: set {key}.num_workers=0 or a positive number of loader processes.")
+    check_shard_values(cfg, key)
     if cfg.image_size is not None and int(cfg.image_size) < 1:
         raise ConfigError(f"{key}.image_size={cfg.image_size} must be a positive size in pixels, or null for the "
                           f"dataset's native size. Fix: e.g. {key}.image_size=224, or {key}.image_size=null.")
+
+
+def check_shard_values(cfg: Any, key: str = "data") -> None:
+    """``data.num_shards`` >= 1, ``data.shard`` in ``[0, num_shards)`` when there are several shards (null with
+    one), and, when the sample count is known before the data is set up, no more shards than batches.
+
+    Raises:
+        ConfigError: naming the key, the value, what is expected and the fix.
+    """
+    shards, shard = int(getattr(cfg, "num_shards", 1) or 0), getattr(cfg, "shard", None)
+    if shards < 1:
+        raise ConfigError(f"{key}.num_shards={getattr(cfg, 'num_shards', None)} must be a positive number of shards (1: the whole "
+                          f"selection in one run). Fix: set {key}.num_shards=1, or use eval.py --shards N, which sets "
+                          f"{key}.num_shards and {key}.shard for each of its N runs.")
+    if shard is None:
+        if shards > 1:
+            raise ConfigError(f"{key}.num_shards={shards} without {key}.shard: a run of a sharded evaluation must say "
+                              f"which shard it evaluates. Fix: set {key}.shard=<0..{shards - 1}>, or run all shards with "
+                              f"eval.py --shards {shards} (without {key}.num_shards).")
+        return
+    if not 0 <= int(shard) < shards:
+        raise ConfigError(f"{key}.shard={shard} is outside [0, {shards}) for {key}.num_shards={shards} (shards are "
+                          f"numbered from 0). Fix: set {key}.shard to 0..{shards - 1}, or {key}.shard=null with "
+                          f"{key}.num_shards=1 for the whole selection.")
+    count = None if getattr(cfg, "ids_file", None) else getattr(cfg, "num_samples", None)
+    if count is not None and int(count) >= 1:
+        batches = -(-int(count) // int(cfg.batch_size))
+        if shards > batches:
+            raise ConfigError(f"{key}.num_shards={shards} is more than the {batches} batch(es) of {key}.num_samples="
+                              f"{count} at {key}.batch_size={cfg.batch_size}: a shard is a range of whole batches, so "
+                              f"some shards would be empty. Fix: at most --shards {batches}, or more samples.")

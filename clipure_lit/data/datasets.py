@@ -434,6 +434,37 @@ def select_ids(cfg: DataCfg, dataset: ImageDataset) -> list[int]:
     return chosen
 
 
+def shard_batches(num_batches: int, num_shards: int) -> list[range]:
+    """The batch indices of each shard: ``num_batches`` batches (in the one-process run's order) split into
+    ``num_shards`` contiguous ranges, shard ``k`` holding ``[floor(k B / N), floor((k + 1) B / N))`` (sizes differ by
+    at most one batch; the earlier shards get the smaller ones). Deterministic: it depends on the counts only."""
+    return [range(k * num_batches // num_shards, (k + 1) * num_batches // num_shards) for k in range(num_shards)]
+
+
+def shard_ids(ids: list[int], batch_size: int, num_shards: int, shard: int | None) -> list[int]:
+    """The ids of ``shard`` out of ``num_shards``: ``ids`` (the evaluated selection, in order) cut into blocks of
+    ``batch_size`` (exactly the one-process run's batches, the last one possibly short), and the blocks of the
+    shard's range (:func:`shard_batches`). A batch's random draws are seeded from its sample ids and batch-coupled
+    purifiers see the whole batch, so every shard's batches, and therefore its per-sample results, are those of the
+    one-process run. ``shard=None`` (with one shard): all of ``ids``.
+
+    Raises:
+        ConfigError: more shards than batches (a shard would be empty), or a shard outside ``[0, num_shards)``.
+    """
+    if shard is None and num_shards == 1:
+        return list(ids)
+    num_batches = -(-len(ids) // batch_size)
+    if num_shards > num_batches:
+        raise ConfigError(f"data.num_shards={num_shards} is more than the {num_batches} batch(es) of the {len(ids)} "
+                          f"evaluated images at data.batch_size={batch_size}: a shard is a range of whole batches, so "
+                          f"some shards would be empty. Fix: at most --shards {num_batches}, or more samples.")
+    if shard is None or not 0 <= shard < num_shards:
+        raise ConfigError(f"data.shard={shard} is not one of the {num_shards} shards (0..{num_shards - 1}). "
+                          f"Fix: set data.shard=<0..{num_shards - 1}>.")
+    batches = shard_batches(num_batches, num_shards)[shard]
+    return list(ids[batches.start * batch_size:batches.stop * batch_size])
+
+
 def check_images(cfg: DataCfg, dataset: ImageDataset, ids: list[int]) -> tuple[list[int], list[Path]]:
     """Check the files of the selected ``ids`` before anything else is built (:func:`probe_image`: headers and
     end markers, no full decode where the format allows) and return ``(ids to evaluate, files left out)``.

@@ -29,6 +29,7 @@ from clipure_lit.errors import ConfigError, DataNotFoundError
 from clipure_lit.reporting.format import pct_entry, points
 from clipure_lit.reporting.run_cells import STEADY_HEADER, WARMUP_MARK, WARMUP_NOTE, attack_time_keys, flags_text, time_cell
 from clipure_lit.reporting.latex import write_latex
+from clipure_lit.reporting.selection import Confirmed, add_selection, is_confirmation
 from clipure_lit.reporting.sweep_plots import plot_against
 from clipure_lit.results import read_json
 from clipure_lit.utils.mcnemar import mcnemar_exact
@@ -75,7 +76,8 @@ def _flatten(node, prefix: str = "") -> dict:
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every finished run (a folder with results.json, config.yaml and samples.csv) under the given paths."""
+    """Every finished run (a folder with results.json, config.yaml and samples.csv) under the given paths, except a
+    sweep's confirmation runs below a path (``<sweep>/confirm/``: other images; :func:`is_confirmation`)."""
     runs = []
     for root in map(Path, paths):
         if not root.exists():
@@ -83,6 +85,8 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
         for results in sorted(root.rglob("results.json")):
             folder = results.parent
             if not (folder / "config.yaml").is_file() or not (folder / "samples.csv").is_file():
+                continue
+            if is_confirmation(root, folder):
                 continue
             config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True)
             runs.append(Run(folder, read_json(results), _flatten(config)))
@@ -248,10 +252,10 @@ def pick_baseline(runs: list[Run], labels: dict[Path, str], baseline: str | None
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None, baseline: str | None = None,
-                 selection: str | None = None) -> dict:
+                 selection: Sequence[Confirmed] | None = None) -> dict:
     """Collect the runs under ``paths`` and write the report into ``out`` (default: the first path). ``baseline``
-    is a run's label (folder name, or path below the shared folder when names repeat) or path; ``selection``, a
-    Markdown section (:func:`clipure_lit.reporting.selection.selection_markdown`) appended to ``report.md``."""
+    is a run's label (folder name, or path below the shared folder when names repeat) or path; ``selection``, the
+    sweep's confirmed winners, adds the Selection table (:func:`clipure_lit.reporting.selection.add_selection`)."""
     runs = collect_runs(paths)
     labels = run_labels(runs)
     base = pick_baseline(runs, labels, baseline)  # before anything is written: a bad name writes no report
@@ -259,17 +263,15 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None, bas
     out.mkdir(parents=True, exist_ok=True)
     keys = varying_keys(runs)
     write_table(runs, keys, out)
-    if selection:
-        with open(out / "report.md", "a") as fh:
-            fh.write("\n" + selection)
     write_latex(runs, keys, labels, out)
+    selected = add_selection(list(selection), out) if selection else []
     plots, skipped = plot_against(runs, keys, out)
     if not keys:
         skipped = {"(no key)": "the runs differ in no config key, so there is no axis to plot against"}
     paired = paired_comparisons(runs, base, out, labels=labels)
     summary = {"runs": len(runs), "varying_keys": keys, "plots": [str(p) for p in plots], "skipped_plots": skipped,
                "paired": paired, "out": str(out), "best": labels[max(runs, key=_headline).path],
-               "held_fixed": held_fixed(runs)}
+               "held_fixed": held_fixed(runs), "selection": selected}
     log.info("report of %d runs in %s", len(runs), out)
     return summary
 

@@ -16,7 +16,10 @@ approximation does not:
 
 for ``d = p1 - p2`` and Wilson intervals ``[l1, u1]``, ``[l2, u2]`` of ``p1`` (selection) and ``p2`` (held out).
 
-Files (in the report folder): ``selection.csv`` and ``selection.md``; ``selection.tex`` (booktabs).
+:func:`add_selection` adds the Selection table to a report folder: a section of ``report.md``, a second table in
+``report.tex``, the held-out columns of the confirmed rows of ``report.csv``, and ``selection.csv`` (the table alone).
+The confirmation runs live in ``<sweep folder>/confirm/<run>/`` (:data:`CONFIRM_DIR`), which a report of the sweep
+leaves out (:func:`is_confirmation`).
 """
 
 from __future__ import annotations
@@ -28,31 +31,41 @@ from pathlib import Path
 
 from clipure_lit.errors import ConfigError
 from clipure_lit.reporting.format import pct, points
-from clipure_lit.reporting.latex import escape
+from clipure_lit.reporting.latex import accuracy_cell, escape
 from clipure_lit.utils.stats import wilson_interval
 
+CONFIRM_DIR = "confirm"  # <sweep folder>/confirm/<run>/: the held-out runs (and confirm.superseded/, stale ones)
+
 WHY = ("The winner was chosen as the best of {k} configurations on the selection images, so its accuracy there is "
-       "biased upwards (part of its margin is the luck of those images); the held-out number, on images that played "
-       "no part in the choice, is the one to report. The optimism is the difference, with a 95% interval (Newcombe).")
+       "biased upwards (picking the best of several noisy numbers on the same images picks their luck too); the "
+       "held-out number, on images that played no part in the choice, is the one to report. The optimism is the "
+       "difference, with a 95% interval for a difference of two independent proportions (Newcombe).")
 
 
-def metric_entry(results: dict, metric: str) -> dict:
-    """The ``{"acc", "correct", "total", ...}`` entry of ``results.json`` that a sweep metric names:
+def is_confirmation(root: Path, folder: Path) -> bool:
+    """True when run ``folder``, found below ``root``, sits in a sweep folder's :data:`CONFIRM_DIR` (or its
+    ``.superseded`` twin) strictly below ``root``: such runs are another experiment (other images), so a report of
+    the sweep leaves them out; a report of the confirm folder itself keeps them."""
+    parts = folder.relative_to(root).parts
+    for depth, name in enumerate(parts[:-1]):
+        if name in (CONFIRM_DIR, f"{CONFIRM_DIR}.superseded") and (root.joinpath(*parts[:depth]) / "plan.json").is_file():
+            return True
+    return False
+
+
+def metric_entry(results: dict, metric: str) -> dict | None:
+    """The ``{"acc", "correct", "total", "ci95"}`` entry of ``results.json`` that a sweep metric names:
     ``test/clean_acc`` / ``live/clean_acc`` -> clean, ``test/robust_acc/<a>`` / ``live/robust_acc/<a>`` -> attack a
-    (``worst_case`` included).
+    (``worst_case`` included); None when the run has no such attack.
 
     Raises:
-        ConfigError: a metric that is not an accuracy, or an attack the run does not have.
+        ConfigError: a metric that is not an accuracy.
     """
     if metric in ("test/clean_acc", "live/clean_acc"):
         return results["clean"]
     for prefix in ("test/robust_acc/", "live/robust_acc/"):
         if metric.startswith(prefix):
-            name = metric[len(prefix):]
-            if name not in results.get("robust", {}):
-                raise ConfigError(f"metric {metric}: a run has no attack '{name}' (its attacks: "
-                                  f"{sorted(results.get('robust', {}))}). Fix: --metric test/robust_acc/<one of them>.")
-            return results["robust"][name]
+            return results.get("robust", {}).get(metric[len(prefix):])
     raise ConfigError(f"metric {metric} is not an accuracy, and a winner is confirmed by its accuracy. Fix: "
                       "--metric test/robust_acc/worst_case (or test/clean_acc, test/robust_acc/<attack>).")
 
@@ -68,11 +81,14 @@ def newcombe_difference(c1: int, n1: int, c2: int, n2: int) -> tuple[float, floa
 
 @dataclass
 class Confirmed:
-    """One winner: its label, rank among the ``of`` configurations, and its ``metric`` entries on both image sets."""
+    """One winner: its label (as the sweep's report names it), its rank among the ``of`` finished configurations
+    (tied runs share a rank), ``planned``: the configurations the sweep planned (None when unknown), and its
+    ``metric`` entries on both image sets with the run folders they come from."""
 
     label: str
     rank: int
     of: int
+    planned: int | None
     metric: str
     selection: dict
     held_out: dict
@@ -85,9 +101,10 @@ class Confirmed:
                                    int(self.held_out["correct"]), int(self.held_out["total"]))
 
 
-def _row(c: Confirmed) -> dict:
+def selection_row(c: Confirmed) -> dict:
+    """One row of ``selection.csv`` (fractions, not percent)."""
     d, low, high = c.optimism
-    return {"run": c.label, "rank": c.rank, "of": c.of, "metric": c.metric,
+    return {"run": c.label, "rank": c.rank, "of": c.of, "planned": c.planned, "metric": c.metric,
             "selection_acc": c.selection["acc"], "selection_ci_low": c.selection["ci95"][0],
             "selection_ci_high": c.selection["ci95"][1], "selection_images": int(c.selection["total"]),
             "held_out_acc": c.held_out["acc"], "held_out_ci_low": c.held_out["ci95"][0],
@@ -96,41 +113,27 @@ def _row(c: Confirmed) -> dict:
             "selection_run": str(c.selection_dir), "held_out_run": str(c.held_out_dir)}
 
 
-def write_selection(confirmed: list[Confirmed], out: Path) -> list[dict]:
-    """``selection.csv``, ``selection.md`` and ``selection.tex`` in ``out``; returns the CSV rows."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [_row(c) for c in confirmed]
-    with open(out / "selection.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "selection.md").write_text(selection_markdown(confirmed))
-    (out / "selection.tex").write_text(selection_latex(confirmed))
-    return rows
-
-
-def _interval(low: float, high: float) -> str:
-    return f"[{points(low)}, {points(high)}]"
+def _chosen_from(c: Confirmed) -> str:
+    unfinished = (c.planned or c.of) - c.of
+    return f"{c.of} configurations" + (f" ({unfinished} more of the {c.planned} planned did not finish and were not "
+                                       "compared)" if unfinished > 0 else "")
 
 
 def selection_markdown(confirmed: list[Confirmed]) -> str:
     """The Markdown "Selection" section: one row per confirmed winner, then the sentence saying why."""
+    first = confirmed[0]
     lines = ["## Selection", "",
-             f"Metric: `{confirmed[0].metric}`.", "",
+             f"Ranked by `{first.metric}` among {_chosen_from(first)}; each winner evaluated again, with its own "
+             "config, on held-out images disjoint from the selection images.", "",
              "| run | rank | selection images | selection | held-out images | held out | optimism (points) |",
              "|---|---|---|---|---|---|---|"]
     for c in confirmed:
         d, low, high = c.optimism
         lines.append(f"| {c.label} | {c.rank} of {c.of} | {int(c.selection['total'])} | "
                      f"{pct(c.selection['acc'], c.selection['ci95'], unit='%')} | {int(c.held_out['total'])} | "
-                     f"{pct(c.held_out['acc'], c.held_out['ci95'], unit='%')} | {points(d)} {_interval(low, high)} |")
-    lines += ["", WHY.format(k=confirmed[0].of), ""]
+                     f"{pct(c.held_out['acc'], c.held_out['ci95'], unit='%')} | {points(d)} [{points(low)}, {points(high)}] |")
+    lines += ["", WHY.format(k=first.of), ""]
     return "\n".join(lines)
-
-
-def _tex_acc(entry: dict) -> str:
-    low, high = entry["ci95"]
-    return f"{100 * entry['acc']:.1f} {{\\scriptsize [{100 * low:.1f}, {100 * high:.1f}]}}"
 
 
 def selection_latex(confirmed: list[Confirmed]) -> str:
@@ -138,14 +141,45 @@ def selection_latex(confirmed: list[Confirmed]) -> str:
     body = []
     for c in confirmed:
         d, low, high = c.optimism
-        body.append(f"{escape(c.label)} & {c.rank}/{c.of} & {_tex_acc(c.selection)} & {int(c.selection['total'])} & "
-                    f"{_tex_acc(c.held_out)} & {int(c.held_out['total'])} & "
+        body.append(f"{escape(c.label)} & {c.rank}/{c.of} & {accuracy_cell(c.selection, False)} & "
+                    f"{int(c.selection['total'])} & {accuracy_cell(c.held_out, False)} & {int(c.held_out['total'])} & "
                     f"{100 * d:+.1f} {{\\scriptsize [{100 * low:+.1f}, {100 * high:+.1f}]}} \\\\")
-    caption = (f"Selection optimism of {escape(confirmed[0].metric)}: the winner(s) of {confirmed[0].of} configurations, "
+    first = confirmed[0]
+    caption = (f"Selection optimism of {escape(first.metric)}: the winner(s) among {escape(_chosen_from(first))}, "
                "chosen on the selection images and evaluated again on disjoint held-out images; accuracies in percent "
                "with 95\\% Wilson intervals, optimism = selection $-$ held out in points with a 95\\% Newcombe interval. "
                "Report the held-out number.")
-    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{lrrrrrr}", r"\toprule",
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", r"\label{tab:selection}", r"\small",
+                      r"\begin{tabular}{lrcrcrc}", r"\toprule",
                       r"Run & Rank & Selection & $n$ & Held out & $n$ & Optimism \\", r"\midrule", *body,
-                      r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\label{tab:selection}",
-                      r"\end{table}", ""])
+                      r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# report.csv's columns for a confirmed run (empty for the others): the held-out number and the optimism.
+REPORT_COLUMNS = ("selection_rank", "held_out_acc", "held_out_ci_low", "held_out_ci_high", "held_out_images",
+                  "optimism", "optimism_ci_low", "optimism_ci_high")
+
+
+def add_selection(confirmed: list[Confirmed], out: Path) -> list[dict]:
+    """Add the Selection table to the report in ``out`` (written just before: ``report.md``, ``report.csv``,
+    ``report.tex``) and write ``selection.csv``; returns its rows."""
+    rows = [selection_row(c) for c in confirmed]
+    _write_csv(out / "selection.csv", rows, list(rows[0]))
+    with open(out / "report.md", "a") as fh:
+        fh.write("\n" + selection_markdown(confirmed))
+    with open(out / "report.tex", "a") as fh:
+        fh.write("\n" + selection_latex(confirmed))
+    with open(out / "report.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    by_run = {row["run"]: {**row, "selection_rank": row["rank"]} for row in rows}
+    for line in table:
+        line.update({k: by_run.get(line["run"], {}).get(k) for k in REPORT_COLUMNS})
+    _write_csv(out / "report.csv", table, list(table[0]))
+    return rows

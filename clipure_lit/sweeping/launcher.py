@@ -10,7 +10,7 @@ Layout of the sweep folder:
 
 Before anything is launched, every selected run's command is composed and validated exactly as eval.py would
 (a bad extra argument is one error, not a failure per run), and each existing run folder is compared with the
-run's resolved config: a finished run is skipped, an interrupted one continues (``resume=true``: finished batches
+run's resolved config: a finished run is skipped (resumed when data.num_samples grew), an interrupted one continues (``resume=true``: finished batches
 are kept), and one whose resolved config changed (other extra arguments, another config file) is moved to
 ``<sweep folder>.superseded/`` and run again.
 
@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clipure_lit.config.loader import GROUPS, load_config, to_plain
@@ -66,6 +66,37 @@ class SlurmOptions:
     mem_gb: float | None = None
     # Any other sbatch option, e.g. {"account": "proj", "qos": "high"} (``--slurm-arg account=proj``).
     extra: dict = field(default_factory=dict)
+
+
+def add_slurm_arguments(parser) -> None:
+    """The ``--launcher slurm`` options of sweep.py and ``eval.py --shards`` on an ``argparse`` parser
+    (read back with :func:`slurm_options`)."""
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit of each run in minutes (default 60); "
+                       "a run that reaches it (or is preempted) is requeued and resumes")
+    slurm.add_argument("--cpus-per-run", type=int, help="CPU cores of each run")
+    slurm.add_argument("--mem-gb", type=float, help="memory of each run in GB")
+    slurm.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm-arg account=myproject --slurm-arg qos=high")
+    slurm.add_argument("--resubmit", action="store_true",
+                       help="resubmit runs whose earlier SLURM job state cannot be read (sacct unavailable)")
+
+
+def slurm_options(args) -> SlurmOptions:
+    """:class:`SlurmOptions` from the arguments :func:`add_slurm_arguments` declared.
+
+    Raises:
+        ConfigError: a ``--slurm-arg`` that is not ``key=value``.
+    """
+    extra = {}
+    for item in args.slurm_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm-arg '{item}' needs the form key=value (e.g. --slurm-arg account=myproject).")
+        extra[key.lstrip("-")] = value
+    return SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb,
+                        extra=extra)
 
 
 @dataclass
@@ -196,7 +227,17 @@ def config_changes(run_dir: Path, resolved: dict) -> list[str] | None:
     # heavy: the resume callback module imports Lightning (~5 s); only needed when an earlier run folder exists
     from clipure_lit.callbacks.resume import config_differences
 
-    return config_differences(saved, json.loads(json.dumps(resolved, default=str)))
+    return config_differences(saved, json.loads(json.dumps(resolved, default=str)), allow_growth=True)
+
+
+def grew(run_dir: Path, resolved: dict) -> bool:
+    """True when ``resolved`` selects more samples than the run in ``run_dir`` did (a larger ``data.num_samples``):
+    a finished run then resumes, evaluating only the samples it lacks."""
+    saved = _saved_config(run_dir)
+    # heavy: the resume callback module imports Lightning (~5 s); only needed when an earlier run folder exists
+    from clipure_lit.callbacks.resume import grown_size
+
+    return saved is not None and grown_size(saved, json.loads(json.dumps(resolved, default=str))) is not None
 
 
 def _device_count(devices) -> int:
@@ -298,17 +339,17 @@ class _Run:
     note: str = ""
     why: str = ""
     seen: str = ""  # the SLURM state of a run whose job is still waiting or running
+    id: str = ""  # the run's folder name under the launch folder (default: run-<index>)
+    resume_args: list[str] = field(default_factory=list)  # its arguments when it continues (resume=true)
 
     @property
     def name(self) -> str:
-        return run_id(self.index)
+        return self.id or run_id(self.index)
 
 
 def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[str], opts: SweepOptions,
               previous: dict, waiting: dict[str, str]) -> _Run:
-    """Compose and check the run's command (as eval.py would), then decide what to do with it from its earlier
-    attempts (``previous``: state.json, settled) and its folder. ``waiting``: runs whose SLURM job is still active
-    or whose state is unknown (:func:`_settle_submitted`)."""
+    """Compose and check the run's command (as eval.py would), then decide what to do with it (:func:`decide`)."""
     run_dir = out / run_id(index)
     args = run_args(spec, params, extra, run_dir, opts.wandb, resume=False)
     cfg = load_config(args)  # the same composition and checks as eval.py: raises its ConfigError, word for word
@@ -318,7 +359,21 @@ def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[
                           "optimises. Fix: add suite=none (an experiment such as experiment=demo selects a suite).")
     check_metric(spec, cfg, run_id(index))  # the sweep's metric must be one this run logs (its attacks decide)
     _check_devices(cfg, opts, run_id(index))
-    name = run_id(index)
+    run = _Run(index, params, run_dir, "run", spec.program, args,
+               resume_args=run_args(spec, params, extra, run_dir, opts.wandb, resume=True))
+    return decide(run, to_plain(cfg), out, opts, previous, waiting)
+
+
+def decide(run: _Run, resolved: dict, out: Path, opts: SweepOptions, previous: dict, waiting: dict[str, str]) -> _Run:
+    """What to do with a planned run whose command composed to ``resolved``, from its earlier attempts
+    (``previous``: state.json, settled) and its folder: ``run`` (new), ``resume``, ``rerun`` (config changed),
+    ``skip`` (finished), ``queued`` / ``busy`` (still going) or ``failed`` (not retried). ``waiting``: runs whose
+    SLURM job is still active or whose state is unknown (:func:`_settle_submitted`)."""
+    name, run_dir = run.name, run.run_dir
+
+    def as_(action: str, note: str = "", why: str = "", **more) -> _Run:
+        return replace(run, action=action, note=note, why=why, **more)
+
     entry = previous.get(name, {})
     history = oc.attempts(entry) if entry else []
     why = ""
@@ -328,39 +383,35 @@ def _classify(spec: SweepSpec, out: Path, index: int, params: dict, extra: list[
             note = (f"SLURM job {job_id} is {seen}" if oc.slurm_outcome(seen) == oc.ACTIVE else
                     f"the state of SLURM job {job_id} is unknown ({seen}); pass --resubmit if it is no longer queued "
                     "or running")
-            return _Run(index, params, run_dir, "queued", spec.program, args, note, why="queued", seen=seen)
+            return as_("queued", note, "queued", seen=seen)
         oc.settle(entry, state=seen, outcome=oc.UNKNOWN, reason=f"{seen}: the job's state is unknown; resubmitted "
                   "(--resubmit)")
         why = "resubmit"
     pgid = read_pid(_pid_path(out, name))
     if pgid and _runs_in(pgid, run_dir):
-        return _Run(index, params, run_dir, "busy", spec.program, args,
-                    f"still running as process group {pgid} (started by an earlier sweep.py that ended without stopping it; "
-                    f"stop it with: kill -TERM -{pgid})", why="busy")
-    if entry.get("status") == "running":  # its sweep.py ended (killed) before recording the outcome
-        reason, tail, _ = oc.with_log("the sweep.py that launched it ended before recording its outcome",
+        return as_("busy", f"still running as process group {pgid} (started by an earlier launch that ended without "
+                   f"stopping it; stop it with: kill -TERM -{pgid})", "busy")
+    if entry.get("status") == "running":  # its launcher ended (killed) before recording the outcome
+        reason, tail, _ = oc.with_log("the launcher that started it ended before recording its outcome",
                                       run_dir / "stdout.log")
         oc.settle(entry, state="LOST", outcome=oc.INTERRUPTED, reason=reason, log_tail=tail)
     finished = (run_dir / "results.json").is_file()
     if entry.get("status") == "failed" and not finished:
         if not opts.retry_failed:
-            return _Run(index, params, run_dir, "failed", spec.program, args,
-                        entry.get("reason") or entry.get("error") or oc.describe_exit(entry.get("returncode")),
-                        why="failed")
+            return as_("failed", entry.get("reason") or entry.get("error") or oc.describe_exit(entry.get("returncode")),
+                       "failed")
         why = "retry"
     why = why or ("interrupted" if history or (run_dir.is_dir() and _has_progress(run_dir)) else "new")
     if not run_dir.is_dir() or not (finished or _has_progress(run_dir)):
-        return _Run(index, params, run_dir, "run", spec.program, args, why=why)
-    changes = config_changes(run_dir, to_plain(cfg))
+        return as_("run", why=why)
+    changes = config_changes(run_dir, resolved)
     if changes is None or changes:
         detail = ("its saved config cannot be read" if changes is None
                   else "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else ""))
-        return _Run(index, params, run_dir, "rerun", spec.program, args, f"config changed: {detail}",
-                    why=why if why in ("retry", "resubmit") else "stale")
-    if finished:
-        return _Run(index, params, run_dir, "skip", spec.program, args, why="finished")
-    return _Run(index, params, run_dir, "resume", spec.program,
-                run_args(spec, params, extra, run_dir, opts.wandb, resume=True), why=why)
+        return as_("rerun", f"config changed: {detail}", why if why in ("retry", "resubmit") else "stale")
+    if finished and not grew(run_dir, resolved):
+        return as_("skip", why="finished")
+    return as_("resume", why=why, args=list(run.resume_args))
 
 
 def _supersede(run: _Run, out: Path) -> Path:
@@ -682,6 +733,20 @@ def attempts_table(runs: list[_Run], state: dict) -> str:
                      for r in rows)
 
 
+def check_launcher(opts: SweepOptions, program: str) -> None:
+    """Refuse launch options that cannot work here, before any work: an unknown launcher, GPU options that do not
+    divide (local), or ``--launcher slurm`` without ``sbatch`` / ``srun`` on PATH (unless ``opts.dry_run``)."""
+    if opts.launcher not in ("local", "slurm"):
+        raise ConfigError(f"--launcher {opts.launcher}: expected local or slurm.")
+    if opts.launcher == "local":
+        _gpu_slots(opts)
+    missing = [tool for tool in ("sbatch", "srun") if not shutil.which(tool)]
+    if opts.launcher == "slurm" and not opts.dry_run and missing:
+        raise ConfigError(f"--launcher slurm submits with sbatch and runs each task with srun, and {' and '.join(missing)} "
+                          f"is not on PATH here. Fix: run {program} on a machine of the SLURM cluster (a login node), or "
+                          "use --launcher local.")
+
+
 def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOptions | None = None) -> SweepResult:
     """Plan, check and launch the sweep ``spec`` into ``out``.
 
@@ -707,20 +772,31 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
                           "api.wandb.ai entry in ~/.netrc): every run would fail. Fix: run `wandb login` first, or use "
                           "--wandb offline (the default) and `wandb sync` the runs later.")
     check_extra_args(spec, list(extra), groups=GROUPS)
-    if opts.launcher == "local":
-        _gpu_slots(opts)  # option errors before any work
-    missing = [tool for tool in ("sbatch", "srun") if not shutil.which(tool)]
-    if opts.launcher == "slurm" and not opts.dry_run and missing:
-        raise ConfigError(f"--launcher slurm submits with sbatch and runs each task with srun, and {' and '.join(missing)} "
-                          "is not on PATH here. Fix: run sweep.py on a machine of the SLURM cluster (a login node), or "
-                          "use --launcher local.")
+    check_launcher(opts, "sweep.py")
     plan = make_plan(spec, out, opts.count, opts.seed, save=not opts.dry_run)
     chosen = select_runs(spec, plan, opts.runs, opts.where)
+    return launch_runs(out, [run_id(i) for i in chosen], opts, f"clipure-{spec.name}",
+                       lambda k, state, waiting: _classify(spec, out, chosen[k], plan[chosen[k]], list(extra), opts,
+                                                           state, waiting),
+                       f"sweep {spec.name}: {len(plan)} planned")
+
+
+def launch_runs(out: Path, names: list[str], opts: SweepOptions, job_name: str, classify, title: str) -> SweepResult:
+    """Settle, decide and launch the runs ``names`` (folders ``out/<name>``) of a plan: earlier attempts are settled
+    first (SLURM: one ``sacct`` call) and recorded in ``out/state.json``; ``classify(k, state, waiting)`` composes
+    and checks run ``k``'s command and decides what to do with it (:func:`decide`); then, unless ``opts.dry_run``,
+    stale folders are superseded and the runs to do are launched (locally or as one SLURM job array named
+    ``job_name``). ``title`` starts the counts line that is logged.
+
+    Raises:
+        ConfigError: a run's command does not compose, or an out-of-memory run would be resubmitted without a larger
+            ``--mem-gb``.
+    """
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     before = json.dumps(state, sort_keys=True)
-    waiting = _settle_submitted(out, state, [run_id(i) for i in chosen])
-    runs = [_classify(spec, out, i, plan[i], list(extra), opts, state, waiting) for i in chosen]
+    waiting = _settle_submitted(out, state, names)
+    runs = [classify(k, state, waiting) for k in range(len(names))]
     for run in runs:
         entry = state.get(run.name)
         if run.action == "skip" and entry is not None and entry.get("status") != "finished":  # e.g. finished by hand
@@ -731,7 +807,7 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
             state[run.name] = {"params": run.params, "status": "finished"}
     if opts.launcher == "slurm":
         _check_memory(runs, state, opts)
-    commands = {r.name: [opts.python, spec.program] + r.args for r in runs}
+    commands = {r.name: [opts.python, r.program] + r.args for r in runs}
     actions = {r.name: r.action for r in runs}
     todo = [r for r in runs if r.action in ("run", "resume", "rerun")]
     whys = {w: sum(1 for r in runs if r.why == w) for w in
@@ -739,8 +815,8 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
     words = {"interrupted": "interrupted (to resume)", "retry": "failed (retried)", "resubmit": "of unknown state "
              "(resubmitted)", "stale": "to rerun (config changed)", "failed": "failed (not retried: --retry-failed)",
              "queued": "still queued or running on SLURM", "busy": "still running"}
-    log.info("sweep %s: %d planned, %d selected: %d finished, %d new%s", spec.name, len(plan), len(runs),
-             whys["finished"], whys["new"], "".join(f", {whys[w]} {text}" for w, text in words.items() if whys[w]))
+    log.info("%s, %d selected: %d finished, %d new%s", title, len(runs), whys["finished"], whys["new"],
+             "".join(f", {whys[w]} {text}" for w, text in words.items() if whys[w]))
     table = attempts_table(runs, state)
     if table:
         log.info("earlier attempts of the selected runs:\n%s", table)
@@ -764,7 +840,7 @@ def run_sweep(spec: SweepSpec, out: Path | str, extra: list[str], opts: SweepOpt
     if opts.launcher == "local":
         result.stopped_by = _launch_local(todo, opts, out, state, save)
     else:
-        result.job_id = _launch_slurm(todo, opts, out, state, save, job_name=f"clipure-{spec.name}")
+        result.job_id = _launch_slurm(todo, opts, out, state, save, job_name=job_name)
     return result
 
 

@@ -57,6 +57,31 @@ def launcher_rank_is_zero() -> bool:
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
 
 
+def slurm_job_id() -> str | None:
+    """The id ``scontrol`` knows this SLURM job by: ``<array job id>_<array task id>`` for an array task, else
+    ``SLURM_JOB_ID``; None outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else job
+
+
+def slurm_batch_job() -> bool:
+    """True inside a SLURM job that is not an interactive allocation (Lightning's rule: job name ``bash`` or
+    ``interactive``), i.e. one that SLURM may preempt and requeue."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def slurm_job_folder() -> str | None:
+    """``slurm-<job id>[.<step id>]`` (:func:`slurm_job_id`) inside a SLURM batch job, else None: the same for every
+    task of the job and for the job again after ``scontrol requeue`` (same id, steps numbered from 0 again)."""
+    if not slurm_batch_job():
+        return None
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"slurm-{slurm_job_id()}" + (f".{step}" if step else "")
+
+
 def launcher_job_name() -> str | None:
     """A name that every process of one multi-process launch derives alike from its launcher's job id, or None.
 
@@ -65,10 +90,7 @@ def launcher_job_name() -> str | None:
     and more than one worker.
     """
     if _srun_tasks() > 1 and os.environ.get("SLURM_JOB_ID"):
-        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        job = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
-        step = os.environ.get("SLURM_STEP_ID")
-        return f"slurm-{job}" + (f".{step}" if step else "")
+        return slurm_job_folder()
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id and run_id != "none" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         return "torchrun-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)

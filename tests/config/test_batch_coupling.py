@@ -211,7 +211,7 @@ def test_every_suite_composes_its_entries(suite):
     load_config([f"suite={suite}"], validate=NO_FILES, check_entries=True)
 
 
-_SWEEP_FLAGS = {"--dry-run", "--resubmit", "--retry-failed"}  # sweep.py options without a value
+_SWEEP_FLAGS = {"--dry-run", "--resubmit", "--retry-failed", "--merge", "--status"}  # launcher options without a value
 
 
 def readme_examples() -> list[tuple[str, list[str]]]:
@@ -234,7 +234,7 @@ def readme_examples() -> list[tuple[str, list[str]]]:
         if program is None or "mean_blur" in line:  # mean_blur: the README's example of a purifier to add
             continue
         args = tokens if make else tokens[tokens.index(program) + 1:]
-        if program == "sweep.py":
+        if program == "sweep.py" or {"--shards", "--status"} & set(args):  # the launcher's options (eval.py --shards)
             kept, skip = [], False
             for token in args:
                 if skip:
