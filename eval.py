@@ -18,10 +18,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from clipure_lit.utils.distributed import launcher_rank_is_zero
 
     argv = expand_flags(sys.argv[1:] if argv is None else argv)
-    if any(a.split("=", 1)[0] in ("--shards", "--merge", "--status") for a in argv):
-        from clipure_lit.sweeping import shards  # one evaluation as N shard runs, their merge, or a status view
-
-        return shards.main(argv, run_cli)
     what = ("Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites. --estimate: build the "
             "models, time a few passes of each attack and print what the run will cost (seconds per image, hours, "
             "peak memory); no run folder is written.")
@@ -30,9 +26,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from clipure_lit.estimate import estimate, format_estimate, validate_for_estimate
 
         argv = [a for a in argv if a != "--estimate"]
+        if any(a.startswith("--") for a in argv):  # --shards N and launcher options: the per-shard cost
+            from clipure_lit.sweeping.shards import estimate_args
+
+            argv = estimate_args(argv)
         return run_cli(argv, "eval.py", what,
                        lambda cfg: estimate(cfg, argv, lambda run_argv: load_config(run_argv, validate=validate_for_estimate)),
                        format_estimate, validate=validate_for_estimate)
+    if any(a.split("=", 1)[0] in ("--shards", "--merge", "--status") for a in argv):
+        from clipure_lit.sweeping import shards  # one evaluation as N shard runs, their merge, or a status view
+
+        return shards.main(argv, run_cli)
 
     def job(cfg) -> dict:
         # heavy: the evaluation imports Lightning (~4.5 s), which --help and --cfg must not pay for

@@ -238,7 +238,8 @@ def _images(cfg: DictConfig, seed: int) -> _Images:
         if seen >= CLEAN_ACCURACY_IMAGES:
             break
     x, y = batches[0]
-    return _Images(x, y, batches, datamodule.classnames, datamodule.num_samples,
+    # every shard's images (the whole evaluation): the per-shard time divides it by data.num_shards
+    return _Images(x, y, batches, datamodule.classnames, len(datamodule.selected_ids),
                    "data.num_samples" if cfg.data.num_samples else f"the size of {cfg.data.name}",
                    f"real images of {cfg.data.name} (batch of {batch})", True)
 

@@ -136,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def estimate_args(argv: list[str]) -> list[str]:
+    """The config arguments whose cost ``eval.py ... --shards N [launcher options] --estimate`` estimates: the
+    overrides plus ``data.num_shards=N data.shard=0`` (the estimate then gives the time per shard of the whole
+    selection); launcher options change no
+    cost and are dropped."""
+    args = _parser().parse_intermixed_args(argv)
+    shard = [f"data.num_shards={args.shards}", "data.shard=0"] if args.shards is not None and args.shards > 1 else []
+    return list(args.overrides) + shard
+
+
 def main(argv: list[str], run_cli) -> dict:
     """``eval.py`` with ``--shards N`` (launch; merge once every shard has finished), ``--shards N --merge``
     or ``--status``; returns the merged ``results.json`` content (``{}`` when nothing was merged). ``run_cli``:

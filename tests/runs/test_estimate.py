@@ -76,3 +76,15 @@ def test_estimate_is_within_30_percent_of_the_test_loop_it_estimates(name, tmp_p
     eval_entry.main([*args, f"run_dir={tmp_path / 'run'}"])
     measured = json.loads((tmp_path / "run" / "timings.json").read_text())["phases_s"]["test_loop"]
     assert 0.7 <= estimated / measured <= 1.3, (estimated, measured)
+
+
+@pytest.mark.slow  # ~10 s: each pass kind is timed for at least 1 s
+def test_estimate_of_a_sharded_launch_counts_every_shard_and_gives_the_time_per_shard(tmp_path, capsys):
+    """``--shards N`` and launcher options on an estimate: the images of the whole evaluation, and its time per shard."""
+    result = eval_entry.main([*SMALL_RUN, "data.num_samples=40", "data.batch_size=10", "attack.run=[apgd_ce]",
+                              "attack.n_iter=2", f"prompts.cache_dir={tmp_path / 'text'}", f"output_root={tmp_path / 'runs'}",
+                              "--shards", "2", "--launcher", "slurm", "--parallel", "2", "--estimate"])
+    run = _only(result)
+    assert run["num_images"] == 40 and run["num_shards"] == 2
+    assert "per shard (data.num_shards=2)" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
