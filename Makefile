@@ -35,7 +35,7 @@ test-slow: $(STAMP)
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -x -m "not slow and not e2e" $(ARGS)
 
-## The benchmark suite (quick profile, under 10 minutes on 2 CPU cores): prints a table of ratios against their
+## The benchmark suite (quick profile, about 12 minutes on 2 CPU cores): prints a table of ratios against their
 ## goals, writes bench/results/*.json and rewrites BENCHMARKS.md. make bench ARGS="--profile full" for the paper's sizes.
 bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) bench/run.py $(ARGS)
