@@ -211,13 +211,13 @@ def test_every_suite_composes_its_entries(suite):
     load_config([f"suite={suite}"], validate=NO_FILES, check_entries=True)
 
 
-_SWEEP_FLAGS = {"--dry-run", "--resubmit", "--retry-failed", "--merge", "--status"}  # launcher options without a value
+_SWEEP_FLAGS = {"--dry-run", "--resubmit", "--retry-failed", "--merge", "--status", "--estimate"}  # launcher options without a value
 
 
 def readme_examples() -> list[tuple[str, list[str]]]:
     """``(program, arguments)`` of every eval.py and sweep.py command of README.md: its bash blocks (continuation lines
     joined, comments dropped, ``make run ARGS="..."`` read as eval.py) and inline ``python eval.py ...`` spans;
-    ``--help``, ``--cfg``, ``--verbose`` and ``...`` placeholders are dropped, and sweep.py's own options."""
+    ``--help``, ``--cfg``, ``--verbose``, ``--estimate`` and ``...`` placeholders are dropped, and sweep.py's own options."""
     text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     lines = []
     for language, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
@@ -244,7 +244,7 @@ def readme_examples() -> list[tuple[str, list[str]]]:
                 else:
                     kept.append(token)
             args = kept
-        examples.append((program, [a for a in args if a not in ("--help", "-h", "--cfg", "--verbose", "-v", "...")]))
+        examples.append((program, [a for a in args if a not in ("--help", "-h", "--cfg", "--verbose", "-v", "--estimate", "...")]))
     return examples
 
 
