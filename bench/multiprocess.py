@@ -11,7 +11,7 @@ per-sample labels):
 - ``1_process``: ``trainer=cpu trainer.num_threads=2`` (the baseline);
 - ``2_ddp``: ``trainer.accelerator=cpu trainer.devices=2 trainer.strategy=ddp trainer.num_threads=1`` (gloo;
   Lightning's launcher starts the second rank as a copy of the command);
-- ``2_shards``: ``eval.py <same overrides> trainer.num_threads=1 --shards 2 --launcher local`` (per-shard runs
+- ``2_shards``: ``eval.py <same overrides> trainer.num_threads=1 --shards 2 --launcher local --parallel 2`` (per-shard runs
   merged), measured when this checkout's eval.py has ``--shards``; otherwise the row says it was not measured.
 
 Cases run interleaved in a shuffled order; each figure is the median of per-repetition ratios case / 1_process with
@@ -42,7 +42,7 @@ COMMON = ["clip=cifar10_small", "data=cifar10_jpeg_shared", "data.batch_size=100
 CASES = {
     "1_process": (["trainer=cpu", "trainer.num_threads=2"], []),
     "2_ddp": (["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.num_threads=1"], []),
-    "2_shards": (["trainer=cpu", "trainer.num_threads=1"], ["--shards", "2", "--launcher", "local"]),
+    "2_shards": (["trainer=cpu", "trainer.num_threads=1"], ["--shards", "2", "--launcher", "local", "--parallel", "2"]),
 }
 WHY = {"2_ddp": "2 ranks of 1 thread on 2 shared cores vs 1 process of 2 threads: the second rank adds start-up "
                 "(imports, model, text head) and a gloo all-gather per batch and at the end, no cores",
