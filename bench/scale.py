@@ -111,6 +111,13 @@ def one_size(n: int, root: Path, threads: int, data_root: Path = DATA_ROOT) -> d
     return row
 
 
+def recorded(run, run_dir: Path, data_root: Path) -> dict:
+    """``run`` as the results file keeps it: its arguments with the machine's paths replaced as in the command
+    template (the data relative to the repository, ``<run_dir>``), so the file says nothing of where it ran."""
+    shown = {f"data.root={data_root}": "data.root=../shared/data/cifar10/test", f"run_dir={run_dir}": "run_dir=<run_dir>"}
+    return {**asdict(run), "argv": [shown.get(a, a) for a in run.argv]}
+
+
 def kill_and_resume(n: int, root: Path, threads: int, uninterrupted: Path, uninterrupted_wall: float,
                     data_root: Path = DATA_ROOT) -> dict:
     """SIGTERM at half of the batches, resume, compare with the uninterrupted run of the same size."""
@@ -128,7 +135,8 @@ def kill_and_resume(n: int, root: Path, threads: int, uninterrupted: Path, unint
     total = killed.wall_s + resumed.wall_s
     log(f"scale: kill at {done_at_kill}/{-(-n // BATCH)} batches (exit {killed.returncode}), resumed in {resumed.wall_s:.1f} s; "
         f"identical samples.csv: {same_samples}; overhead {total / uninterrupted_wall - 1:+.1%}")
-    return {"images": n, "batches_done_at_kill": done_at_kill, "killed": asdict(killed), "resumed": asdict(resumed),
+    return {"images": n, "batches_done_at_kill": done_at_kill, "killed": recorded(killed, run_dir, data_root),
+            "resumed": recorded(resumed, run_dir, data_root),
             "killed_exit": killed.returncode, "uninterrupted_wall_s": uninterrupted_wall, "total_wall_s": total,
             "overhead": total / uninterrupted_wall - 1, "identical_samples_csv": same_samples,
             "identical_results": same_numbers}
