@@ -19,7 +19,6 @@ The Selection table is written by :func:`clipure_lit.reporting.selection.add_sel
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -116,10 +115,9 @@ def rank_runs(runs: list[Run], labels: dict[Path, str], metric: str, goal: str, 
     return [(1 + sum(score[o.path] < score[r.path] for o in runs), r) for r in chosen]
 
 
-def sample_ids(run_dir: Path) -> set[int]:
-    """The sample ids a finished run evaluated (its ``samples.csv``)."""
-    with open(run_dir / "samples.csv", newline="") as fh:
-        return {int(row["sample_id"]) for row in csv.DictReader(fh)}
+def sample_ids(run: Run) -> set[int]:
+    """The sample ids a finished run evaluated (its ``samples.csv``, read once by :attr:`Run.samples`)."""
+    return {int(row["sample_id"]) for row in run.samples}
 
 
 def held_out_ids(run: Run, args: list[str]) -> set[int]:
@@ -135,8 +133,8 @@ def check_disjoint(sweep_dir: Path, runs: list[Run], labels: dict[Path, str], wi
     Raises:
         ConfigError: runs on different images, or held-out images that share any image with the selection.
     """
-    selection = sample_ids(runs[0].path)
-    differing = [labels[r.path] for r in runs if sample_ids(r.path) != selection]
+    selection = sample_ids(runs[0])
+    differing = [labels[r.path] for r in runs if sample_ids(r) != selection]
     if differing:
         raise ConfigError(f"The runs of '{sweep_dir}' were not all evaluated on the same images ({len(differing)} of "
                           f"{len(runs)}, e.g. {differing[:5]}, differ from {labels[runs[0].path]}), so a selection among "

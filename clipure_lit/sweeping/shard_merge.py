@@ -33,6 +33,7 @@ from clipure_lit.data.datamodule import ZeroShotDataModule
 from clipure_lit.errors import ConfigError
 from clipure_lit.results import read_json, summarise, table_from_columns, write_json
 from clipure_lit.run_folder import exclusive_run_folder, run_log, write_config
+from clipure_lit.sweeping.run_status import DONE, run_state
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,10 @@ def _unfinished(folders: list[Path], finish: str) -> None:
     """Refuse when a shard has no ``results.json``, naming each one and what it holds."""
     missing = []
     for i, folder in enumerate(folders):
-        if (folder / "results.json").is_file():
+        shard = run_state(folder)  # what --status shows for it
+        if shard.state == DONE:
             continue
-        records = read_progress(folder) if (folder / "progress").is_dir() else []
-        done = sum(len(r["columns"].get("label", {}).get("ids", [])) for r in records)
-        missing.append(f"shard {i} ({folder}: " + (f"stopped or running, {done} samples done)" if records
+        missing.append(f"shard {i} ({folder}: " + (f"stopped or running, {shard.done} samples done)" if shard.records
                                                     else "not started)"))
     if missing:
         raise ConfigError(f"Cannot merge: {len(missing)} of the {len(folders)} shards are not finished: "
