@@ -28,8 +28,9 @@ from conftest import PROJECT_ROOT, needs_shared_cifar, tiny_sweep_yaml
 pytestmark = pytest.mark.e2e  # runs whole jobs: left out of `make test-fast`
 
 SWEEP = tiny_sweep_yaml(**{"clip.init_seed": [0, 1]})
-# 24 batches of an attack (a few seconds): long enough to be stopped in the middle, even on an idle machine.
-RUN_ARGS = ["data.num_samples=48", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=5", "attack.eps=1",
+# 24 batches of a 40-iteration attack: long enough to be stopped in the middle, even on an idle machine (at 5
+# iterations a resumed run finished its last 16 batches before the launcher's SIGTERM reached it).
+RUN_ARGS = ["data.num_samples=48", "data.batch_size=2", "attack.run=[apgd_ce]", "attack.n_iter=40", "attack.eps=1",
             "trainer.num_threads=1", "trainer.enable_progress_bar=false"]
 
 
