@@ -8,6 +8,7 @@ first), ``environment.json`` (package versions, git commit, sample-id hash, weig
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -217,6 +218,11 @@ def run_eval(cfg: DictConfig) -> dict:
         return _evaluate(cfg, run_dir)
 
 
+def _add_finding(found, module: ZeroShotLitModule, _summary: dict) -> None:
+    """A summary hook: record ``found`` (a :class:`~clipure_lit.attacks.checks.Finding`) in the run's flags."""
+    module.add_finding(found.flag, found.raised, None, found.message)
+
+
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     """The body of :func:`run_eval`, in its run folder."""
     writes = launcher_rank_is_zero()  # before a process group exists: what the launcher says this process is
@@ -240,7 +246,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict:
     module = ZeroShotLitModule(classifier)
     if classifier.batch_coupled:  # flagged in results.json with or without attacks (whose checks would also raise it)
         found = declared_batch_dependence(classifier)
-        module.summary_hooks.append(lambda m, _summary: m.add_finding(found.flag, found.raised, None, found.message))
+        # A partial of a module-level function, not a lambda: ddp_spawn pickles the module into its processes.
+        module.summary_hooks.append(functools.partial(_add_finding, found))
     writer = ResultsWriter(run_dir, extra={"environment": env,
                                                                   "purifiers": [p.describe() for p in classifier.purifiers]})
     logger = build_logger(cfg, run_dir, to_plain(cfg))

@@ -50,6 +50,25 @@ def test_grown_run_equals_fresh_run(tmp_path, small, large, batch):
 
 
 @needs_shared_cifar
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_run_of_two_processes_grows_like_a_fresh_one(tmp_path):
+    """Under DDP each process skips the batches it finished; the grown run's batches (the sampler's, per process)
+    are a fresh two-process run's, so even the batch-coupled purifier gives its numbers and samples.csv."""
+    ddp = ["trainer=ddp_cpu", "data.batch_size=4", *SETTINGS]
+    fresh = eval_script.main(tiny_args(tmp_path / "fresh", "data.num_samples=16", *ddp))
+    args = tiny_args(tmp_path / "grown", *ddp)
+    eval_script.main(args + ["data.num_samples=8"])
+    grown = eval_script.main(args + ["data.num_samples=16", "resume=true"])
+    assert _numbers(grown) == _numbers(fresh)
+    assert (tmp_path / "grown" / "run" / "samples.csv").read_text() == (tmp_path / "fresh" / "run" / "samples.csv").read_text()
+    progress = tmp_path / "grown" / "run" / "progress"
+    evaluated = [i for path in sorted(progress.glob("rank*.jsonl")) for line in path.read_text().splitlines()
+                 for i in json.loads(line)["columns"]["label"]["ids"]]
+    assert len(evaluated) == 16 and len(set(evaluated)) == 16  # the first 8 once, then only the 8 new ones
+
+
+@needs_shared_cifar
 def test_growth_refusals(tmp_path):
     from clipure_lit.config.loader import load_config
     from clipure_lit.evaluation import run_eval
