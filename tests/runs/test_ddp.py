@@ -5,6 +5,7 @@ nodes agree on one run folder named after the launcher's job id, and only rank 0
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -70,7 +71,8 @@ def test_two_processes_and_two_nodes_count_each_sample_once_and_match_one_proces
     # Meanwhile, in this process: one process (the reference), and two spawned CPU processes (ddp_spawn under pytest).
     one = eval_script.main(tiny_args(tmp_path / "one", *ARGS))
     capfd.readouterr()
-    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu", "trainer.enable_progress_bar=true"))
+    two = eval_script.main(tiny_args(tmp_path / "two", *ARGS, "trainer=ddp_cpu", "trainer.enable_progress_bar=true",
+                                     "logger=csv"))
     # Rank 0's progress shows global numbers (2 processes x 2 batches of 2), the end shows the summary's; the
     # spawned processes print no Lightning set-up lines or upstream warnings, and log into the run folder.
     err = capfd.readouterr().err
@@ -81,6 +83,14 @@ def test_two_processes_and_two_nodes_count_each_sample_once_and_match_one_proces
     log = (tmp_path / "two" / "run" / "log.txt").read_text()
     assert f"clean {two['clean']['correct']}/7 " in log.split("tiny: done in")[1]
     assert (tmp_path / "two" / "run" / "log.rank1.txt").is_file()
+    # The live numbers rank 0 logs are global: both processes' samples (the padded repeat left out) as the step, and
+    # at the end the run's own accuracies, not rank 0's half.
+    rows = list(csv.DictReader((tmp_path / "two" / "run" / "csv" / "metrics.csv").open()))
+    live = [r for r in rows if r.get("live/samples_done")]
+    assert [float(r["live/samples_done"]) for r in live] == [4, 7] and [int(r["step"]) for r in live] == [4, 7]
+    assert float(live[-1]["live/clean_acc"]) == pytest.approx(two["clean"]["acc"])
+    for name in ("fast", "square", "worst_case"):
+        assert float(live[-1][f"live/robust_acc/{name}"]) == pytest.approx(two["robust"][name]["acc"]), name
     codes = {key: proc.wait(timeout=400) for key, proc in procs.items()}
     logs = {key: (tmp_path / f"{key[0]}-{key[1]}.log").read_text() for key in procs}
     assert codes == {key: 0 for key in procs}, {k: logs[k][-2000:] for k, c in codes.items() if c}
