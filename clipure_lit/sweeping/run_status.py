@@ -1,5 +1,5 @@
 """The status of an evaluation in progress, read from its folders only (nothing is loaded or started): one run
-folder, or the shards of one (``<run_dir>/shards/<i>/``).
+folder, or the shards of one (``<run_dir>/shards/<i>/``, or runs found under ``--from`` folders).
 
 Per run: done (``results.json``), running (a process holds the folder's lock, or its SLURM job is queued or
 running according to the shard set's ``state.json``), stopped (finished batches, nobody on it: launching again
@@ -29,9 +29,10 @@ DONE, RUNNING, STOPPED, NOT_STARTED = "done", "running", "stopped", "not started
 
 @dataclass
 class RunState:
-    """One run folder's state, its samples done and total (None: not known yet), and its finished batches."""
+    """One run folder's state, its samples done and total (None: not known yet), and its finished batches
+    (``folder`` None: a shard of a ``--from`` set with no run yet)."""
 
-    folder: Path
+    folder: Path | None
     state: str
     done: int
     total: int | None
@@ -67,6 +68,12 @@ def run_state(folder: Path, queued: bool = False) -> RunState:
     return RunState(folder, state, done, total, records)
 
 
+def found_states(folders: list[Path | None]) -> list[RunState]:
+    """The states of shard runs launched elsewhere (:func:`~clipure_lit.sweeping.shard_runs.found_shard_runs`): not
+    started where a shard has no run; otherwise running only while a process holds the folder."""
+    return [run_state(f) if f is not None else RunState(None, NOT_STARTED, 0, None, []) for f in folders]
+
+
 def shard_states(run_dir: Path, num_shards: int | None = None) -> list[RunState]:
     """The states of the shards of ``run_dir`` (``num_shards``, else as many as it holds folders)."""
     out = Path(run_dir) / "shards"
@@ -91,7 +98,7 @@ def format_status(run_dir: Path, runs: list[RunState], total: int | None, sharde
     counts = {s: sum(1 for r in runs if r.state == s) for s in (DONE, RUNNING, STOPPED, NOT_STARTED)}
     lines = [f"run folder: {run_dir}"]
     if sharded:
-        listed = ", ".join(f"{n} {s}" + (f" ({', '.join(r.folder.name for r in runs if r.state == s)})" if n else "")
+        listed = ", ".join(f"{n} {s}" + (f" ({', '.join(str(k) for k, r in enumerate(runs) if r.state == s)})" if n else "")
                            for s, n in counts.items())
         lines.append(f"shards: {len(runs)}: {listed}")
     else:
@@ -120,13 +127,15 @@ def format_status(run_dir: Path, runs: list[RunState], total: int | None, sharde
     return "\n".join(lines)
 
 
-def status_text(run_dir: Path, num_shards: int | None = None, total: int | None = None) -> str:
+def status_text(run_dir: Path, num_shards: int | None = None, total: int | None = None,
+                found: list[Path | None] | None = None) -> str:
     """The status view of ``run_dir``: its shards when it holds ``shards/`` (or ``num_shards`` is given), else the
-    run folder itself. ``total``: the samples of the whole evaluation, when known (else summed from the runs'
+    run folder itself; ``found``: the shard runs found under ``--from`` folders instead (one entry per shard, None
+    where none was found). ``total``: the samples of the whole evaluation, when known (else summed from the runs'
     ``environment.json``, unknown while a shard has not started)."""
     run_dir = Path(run_dir)
-    sharded = num_shards is not None or (run_dir / "shards").is_dir()
-    runs = shard_states(run_dir, num_shards) if sharded else [run_state(run_dir)]
+    sharded = found is not None or num_shards is not None or (run_dir / "shards").is_dir()
+    runs = found_states(found) if found is not None else shard_states(run_dir, num_shards) if sharded else [run_state(run_dir)]
     if total is None and runs and all(r.total is not None for r in runs):
         total = sum(r.total for r in runs)
     return format_status(run_dir, runs, total, sharded)

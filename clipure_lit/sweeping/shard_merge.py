@@ -1,4 +1,5 @@
-"""Merge the shards of one evaluation (``<run_dir>/shards/<i>/``) into ``<run_dir>``: ``samples.csv``,
+"""Merge the shards of one evaluation (``<run_dir>/shards/<i>/``, or runs found under ``--from`` folders:
+:mod:`.shard_runs`) into ``<run_dir>``: ``samples.csv``,
 ``results.json``, ``results.png``, ``config.yaml``, ``environment.json`` and ``timings.json`` as one process
 evaluating the whole selection writes them.
 
@@ -34,15 +35,11 @@ from clipure_lit.errors import ConfigError
 from clipure_lit.results import read_json, summarise, table_from_columns, write_json
 from clipure_lit.run_folder import exclusive_run_folder, run_log, write_config
 from clipure_lit.sweeping.run_status import DONE, run_state
+from clipure_lit.sweeping.shard_runs import shard_folders
 
 log = logging.getLogger(__name__)
 
 SHARD_KEYS = ("data.shard",)  # the only keys in which the runs of one shard set differ
-
-
-def shard_folders(run_dir: Path, num_shards: int) -> list[Path]:
-    """``<run_dir>/shards/0``, ..., ``<run_dir>/shards/<N-1>``."""
-    return [Path(run_dir) / "shards" / str(i) for i in range(num_shards)]
 
 
 def whole_selection(cfg: DictConfig) -> ZeroShotDataModule:
@@ -58,7 +55,8 @@ def _saved_config(folder: Path) -> dict:
 
 
 def _unfinished(folders: list[Path], finish: str) -> None:
-    """Refuse when a shard has no ``results.json``, naming each one and what it holds."""
+    """Refuse when a shard has no ``results.json``, naming each one and what it holds; ``finish``: the fix's way
+    to finish them."""
     missing = []
     for i, folder in enumerate(folders):
         shard = run_state(folder)  # what --status shows for it
@@ -68,8 +66,8 @@ def _unfinished(folders: list[Path], finish: str) -> None:
                                                     else "not started)"))
     if missing:
         raise ConfigError(f"Cannot merge: {len(missing)} of the {len(folders)} shards are not finished: "
-                          f"{'; '.join(missing)}. A merged result must hold every sample. Fix: finish them with "
-                          f"`{finish}` (it resumes stopped shards and skips finished ones), then merge again.")
+                          f"{'; '.join(missing)}. A merged result must hold every sample. Fix: finish them {finish}, then "
+                          "merge again.")
 
 
 def _check_configs(folders: list[Path], expected: dict) -> list[dict]:
@@ -107,7 +105,7 @@ def _check_code(folders: list[Path]) -> list[dict]:
     if problems:
         raise ConfigError("Cannot merge: the shards ran different code (environment.json), so their numbers are not "
                           f"one evaluation: {'; '.join(problems)}. Fix: run the differing shards again with the same "
-                          "checkout and packages (delete their folders under shards/ and launch again).")
+                          "checkout and packages (delete their folders and launch them again).")
     return envs
 
 
@@ -175,17 +173,18 @@ def _flags(first: dict, results: list[dict], summary: dict, specs) -> tuple[dict
     return flags, messages, checks
 
 
-def merge_shards(cfg: DictConfig, run_dir: Path, num_shards: int, finish: str) -> dict:
-    """Merge the ``num_shards`` shards of ``cfg`` (composed without shard keys) in ``run_dir`` and write the run
-    folder; returns ``results.json``'s content. ``finish``: the command that finishes unfinished shards (named in
-    the error).
+def merge_shards(cfg: DictConfig, run_dir: Path, num_shards: int, finish: str,
+                 folders: list[Path] | None = None) -> dict:
+    """Merge the ``num_shards`` shards of ``cfg`` (composed without shard keys) and write the run folder ``run_dir``;
+    returns ``results.json``'s content. ``folders``: the shards' run folders in shard order (default: those in
+    ``run_dir/shards/``); ``finish``: how to finish unfinished shards (the error's fix, e.g. "with `<command>`").
 
     Raises:
         ConfigError: a shard is not finished, the shards' configs or code differ, or their sample ids overlap or do
             not cover the selection.
     """
     run_dir = Path(run_dir)
-    folders = shard_folders(run_dir, num_shards)
+    folders = shard_folders(run_dir, num_shards) if folders is None else [Path(f) for f in folders]
     _unfinished(folders, finish)
     expected = json.loads(json.dumps(to_plain(OmegaConf.merge(cfg, {"data": {"num_shards": num_shards}})), default=str))
     _check_configs(folders, expected)
@@ -226,7 +225,8 @@ def merge_shards(cfg: DictConfig, run_dir: Path, num_shards: int, finish: str) -
                 counts[key] = counts.get(key, 0) + value
         write_json(run_dir / "timings.json", {"phases_s": phases, "counts": counts,
                                               "note": f"wall clock summed over the {num_shards} shards' processes "
-                                                      "(each shard's own is in shards/<i>/timings.json); per-sample "
+                                                      "(each shard's own is in its folder's timings.json, the folders "
+                                                      "listed in results.json under shards); per-sample "
                                                       "times of the test loop's parts are in results.json "
                                                       "(time_per_sample_s)"})
         payload, _ = write_results(run_dir, table, summary, order, extra)

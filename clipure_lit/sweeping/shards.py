@@ -2,7 +2,9 @@
 in ``<run_dir>/shards/<i>/`` that differ only by ``data.shard`` (``data.num_shards=N``), through the sweep launcher
 (local processes, or one SLURM job array with one task per shard; state.json with every attempt, resume of
 interrupted shards, stopping on Ctrl-C), then merges them into ``<run_dir>`` (:mod:`.shard_merge`). ``--merge``
-merges finished shards (after a SLURM launch); ``--status`` shows how far they are (:mod:`.run_status`).
+merges finished shards (after a SLURM launch); ``--status`` shows how far they are (:mod:`.run_status`). With
+``--from DIR``, both read shard runs that something else launched (a W&B agent sweeping ``data.shard``, sweep.py)
+from the run folders under ``DIR`` (:mod:`.shard_runs`).
 
 ``run_dir`` is the given ``run_dir=...``, else ``<output_root>/<name>/shards<N>-<hash>``, the hash being that of
 the resolved config's keys that change per-sample results: the same command finds the same shard set again.
@@ -25,6 +27,7 @@ from clipure_lit.sweeping.launcher import (SweepOptions, SweepResult, _check_dev
                                            check_launcher, decide, launch_runs, slurm_options)
 from clipure_lit.sweeping.run_status import status_text
 from clipure_lit.sweeping.shard_merge import merge_shards
+from clipure_lit.sweeping.shard_runs import found_shard_runs, require_every_shard
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge", action="store_true", help="merge the finished shards into the run folder")
     parser.add_argument("--status", action="store_true",
                         help="show how far the shards (or, without --shards, the run folder run_dir=...) are")
+    parser.add_argument("--from", dest="sources", action="append", metavar="DIR",
+                        help="with --merge or --status: the shard runs are the run folders in DIR (or DIR itself), "
+                             "launched elsewhere, e.g. by a W&B agent (runs/wandb/<sweep id>); repeat for several")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local: processes on this machine (default); slurm: one SLURM job array")
     parser.add_argument("--parallel", type=int, help="shards at the same time (local: default 1; slurm: default all)")
@@ -170,6 +176,19 @@ def main(argv: list[str], run_cli) -> dict:
         check_overrides(overrides)
         run_dir = shard_set_dir(cfg, args.shards)
         command = shlex.join(["python", "eval.py", *overrides, "--shards", str(args.shards)])
+        if args.sources:
+            if not (args.merge or args.status):
+                raise ConfigError("--from reads shard runs launched elsewhere (a W&B agent, sweep.py) and goes with "
+                                  "--merge or --status; eval.py --shards N without them launches its own shards. Fix: "
+                                  "add --merge (or --status), or leave --from out.")
+            sources = [Path(s) for s in args.sources]
+            found = found_shard_runs(sources, args.shards)
+            if args.status:
+                return {"text": status_text(run_dir, args.shards, found=found)}
+            finish = ("where they were launched (a W&B agent continues a requeued run in its folder; by hand: the "
+                      "shard's arguments with run_dir=<its folder> resume=true)")
+            merged = merge_shards(cfg, run_dir, args.shards, finish, require_every_shard(found, sources))
+            return {**merged, "text": format_eval(merged)}
         if args.status:
             return {"text": status_text(run_dir, args.shards)}
         if not args.merge:
@@ -186,7 +205,8 @@ def main(argv: list[str], run_cli) -> dict:
             if not done:  # a SLURM launch merges when the same command (or --merge) finds every shard finished
                 return {"text": text}
             log.info("every shard finished: merging them into %s", run_dir)
-        merged = merge_shards(cfg, run_dir, args.shards, command)
+        merged = merge_shards(cfg, run_dir, args.shards,
+                              f"with `{command}` (it resumes stopped shards and skips finished ones)")
         return {**merged, "text": format_eval(merged)}
 
     result = run_cli(overrides, "eval.py", "Shards of one evaluation.", job, lambda r: r["text"])

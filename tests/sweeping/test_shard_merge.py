@@ -124,3 +124,82 @@ def test_slurm_submits_the_shards_as_one_job_array(tmp_path, monkeypatch, capsys
     assert [state[str(k)]["job_id"] for k in range(3)] == ["4242_0", "4242_1", "4242_2"]
     out = capsys.readouterr().out
     assert "submitted 3 shard(s) as SLURM job 4242" in out and "--shards 3 --merge" in out
+
+
+def _as_runs_elsewhere(runs, root):
+    """The shard set's two runs as a W&B agent leaves them: ``<root>/<run id>/``, named after no shard."""
+    root.mkdir(parents=True)
+    shutil.copytree(runs / "set" / "shards" / "1", root / "x1f3")  # listed first: the shard is read from the config
+    shutil.copytree(runs / "set" / "shards" / "0", root / "y9a2")
+    return root
+
+
+def test_shard_runs_launched_elsewhere_merge_from_their_folder(runs, tmp_path, capsys):
+    sweep = _as_runs_elsewhere(runs, tmp_path / "wandb" / "sweep1")
+    capsys.readouterr()
+    _merge(runs, tmp_path / "merged", "--status", "--from", str(sweep))
+    status = capsys.readouterr().out
+    assert "shards: 2: 2 done (0, 1)" in status and "samples: 8 of 8 done" in status
+    merged = _merge(runs, tmp_path / "merged", "--merge", "--from", str(sweep))
+    assert (tmp_path / "merged" / "samples.csv").read_bytes() == (runs / "one" / "samples.csv").read_bytes()
+    one = json.loads((runs / "one" / "results.json").read_text())
+    assert {k: merged[k] for k in METRICS} == {k: one[k] for k in METRICS}
+    assert merged["shards"]["folders"] == [str(sweep / "y9a2"), str(sweep / "x1f3")]
+
+
+def _refused_from(root, folder, capsys, *sources) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        _merge(root, folder, "--merge", *[a for s in sources for a in ("--from", str(s))])
+    assert exc.value.code == 2 and not (folder / "results.json").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_runs_found_elsewhere_that_are_not_one_run_per_shard_are_refused(runs, tmp_path, capsys):
+    sweep = _as_runs_elsewhere(runs, tmp_path / "sweep")
+    out = tmp_path / "merged"
+    shutil.copytree(runs / "set" / "shards" / "0", sweep / "z0b7")  # an earlier attempt of shard 0 kept beside it
+    err = _refused_from(runs, out, capsys, sweep)
+    assert f"2 runs of shard 0 ({sweep / 'y9a2'}, {sweep / 'z0b7'})" in err and "Fix: move" in err
+    shutil.rmtree(sweep / "z0b7")
+
+    shutil.copytree(runs / "one", sweep / "whole")  # not a shard: another run in the folder
+    err = _refused_from(runs, out, capsys, sweep)
+    assert f"{sweep / 'whole'} (data.num_shards=1, data.shard=None)" in err and "not shards of this 2-shard set" in err
+    shutil.rmtree(sweep / "whole")
+
+    shutil.rmtree(sweep / "x1f3")  # shard 1 not started yet
+    err = _refused_from(runs, out, capsys, sweep)
+    assert f"1 of the 2 shards have no run under {sweep}: shard(s) 1" in err
+    capsys.readouterr()
+    _merge(runs, out, "--status", "--from", str(sweep))
+    assert "shards: 2: 1 done (0), 0 running, 0 stopped, 1 not started (1)" in capsys.readouterr().out
+
+    err = _refused_from(runs, out, capsys, tmp_path / "nowhere")
+    assert f"--from '{tmp_path / 'nowhere'}' is not a folder" in err
+    (tmp_path / "empty").mkdir()
+    err = _refused_from(runs, out, capsys, tmp_path / "empty")
+    assert "holds no run folder" in err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        _merge(runs, out, "--from", str(sweep))  # a launch: --from reads runs launched elsewhere
+    assert exc.value.code == 2 and "--from reads shard runs launched elsewhere" in capsys.readouterr().err
+
+
+def test_shards_whose_sample_ids_overlap_or_leave_samples_out_are_refused(runs, tmp_path, capsys):
+    folder = tmp_path / "set"
+    shutil.copytree(runs / "set", folder)
+    shutil.rmtree(folder / "shards" / "1")
+    shutil.copytree(folder / "shards" / "0", folder / "shards" / "1")  # shard 0's samples twice, shard 1's never
+    err = _refused(runs, folder, capsys)
+    assert "4 sample id(s) were evaluated by more than one shard" in err and "by shards 0" in err
+
+    shutil.rmtree(folder / "shards" / "1")
+    shutil.copytree(runs / "set" / "shards" / "1", folder / "shards" / "1")
+    progress = folder / "shards" / "1" / "progress" / "rank0.jsonl"
+    lines = progress.read_text().splitlines(keepends=True)
+    progress.write_text("".join(lines[:-1]))  # the store lost its last batch: 2 samples no shard evaluated
+    err = _refused(runs, folder, capsys)
+    assert "the shards' 6 sample ids are not the 8 selected ones: 2 missing" in err

@@ -125,3 +125,54 @@ def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ct
     before, after = ([r["live/samples_done"] for r in live_rows(r)] for r in records)
     steps = before + after
     assert before and after and all(a < b for a, b in zip(steps, steps[1:]))  # W&B refuses a decreasing step
+
+
+@needs_shared_cifar
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_shard_sweep_run_by_agents_one_shard_preempted_merges_into_the_one_process_run(tmp_path):
+    """The shipped shard sweep under simulated agents: each run evaluates one shard in its agent folder
+    (``<output_root>/wandb/<sweep id>/<run id>``); one is preempted after its first batch and relaunched with the same
+    run id (W&B's requeue), continuing its folder; ``eval.py ... --shards 4 --merge --from`` that sweep's folder then
+    equals the one-process run byte for byte."""
+    spec = load_sweep(PROJECT_ROOT / "sweeps" / "shards.yaml")
+    plan = expand(spec)
+    assert [p["data.shard"] for p in plan] == [0, 1, 2, 3] and {p["data.num_shards"] for p in plan} == {4}
+    # 12 batches of 2, 3 per shard. A 20-step DiffPure purifies every image (the tiny CLIP's clean accuracy is near 0,
+    # and an attack skips misclassified images): about half a second per batch, so a stop sent once the first batch
+    # is recorded lands in the second and leaves the third undone.
+    args = ["experiment=tiny", "purifier=diffpure_tiny", "purifier.diffpure.num_steps=20", "data.num_samples=24",
+            "data.batch_size=2", "trainer.num_threads=1", "trainer.enable_progress_bar=false", "attack.run=[apgd_ce]",
+            "attack.n_iter=1", "attack.checks=false", f"output_root={tmp_path / 'runs'}",
+            f"prompts.cache_dir={tmp_path / 'text'}"]
+    sweep_dir = tmp_path / "runs" / "wandb" / "sh123"
+    for k, params in enumerate(plan):
+        env = clean_env(WANDB_SWEEP_ID="sh123", WANDB_RUN_ID=f"r{k}x", WANDB_PROJECT="clipure_lit")
+        argv = command_args(spec, params, python=sys.executable) + args  # as the agent expands the command
+        assert argv[1:3] == ["eval.py", "suite=none"]
+        if k == 1:
+            assert stop_eval(argv[2:], sweep_dir / "r1x", signal.SIGTERM, after=1, env=env,
+                             log=tmp_path / "preempted.log") == 143
+            assert len(finished_batches(sweep_dir / "r1x")) == 2
+        done = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=280)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if k == 1:
+            assert "continuing the run in" in done.stderr  # the requeued run resumed, not started over
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["r0x", "r1x", "r2x", "r3x"]
+
+    env = clean_env()
+    one = subprocess.run([sys.executable, "eval.py", "suite=none", *args, f"run_dir={tmp_path / 'one'}"],
+                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=280)
+    assert one.returncode == 0, one.stderr[-3000:]
+    merge = ["eval.py", "suite=none", *args, f"run_dir={tmp_path / 'merged'}", "--shards", "4"]
+    status = subprocess.run([sys.executable, *merge, "--status", "--from", str(sweep_dir)], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "shards: 4: 4 done (0, 1, 2, 3)" in status.stdout, status.stderr[-3000:]
+    merged = subprocess.run([sys.executable, *merge, "--merge", "--from", str(sweep_dir)], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=280)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert (tmp_path / "merged" / "samples.csv").read_bytes() == (tmp_path / "one" / "samples.csv").read_bytes()
+    results = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert results["shards"]["folders"] == [str(sweep_dir / f"r{k}x") for k in range(4)]
+    expected = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert results["clean"] == expected["clean"] and results["robust"] == expected["robust"]
