@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     argv = expand_flags(sys.argv[1:] if argv is None else argv)
     what = ("Zero-shot CLIP evaluation with optional purifiers, attacks and dataset suites. --estimate: build the "
             "models, time a few passes of each attack and print what the run will cost (seconds per image, hours, "
-            "peak memory); no run folder is written.")
+            "peak memory); no run folder is written. --shards N [--merge | --status] [--from DIR]: one evaluation as N "
+            "shard runs, their merge and status (python eval.py --shards N --help lists their options).")
     if "--estimate" in argv:
         from clipure_lit.config.loader import load_config
         from clipure_lit.estimate import estimate, format_estimate, validate_for_estimate
