@@ -1,6 +1,6 @@
 """Scale: one evaluation of growing size on the CIFAR-10 test JPEGs, and a kill-and-resume (not a test).
 
-    .venv/bin/python bench/scale.py [--sizes 1000,5000,10000] [--resume-size 1000] [--threads 2]
+    .venv/bin/python bench/scale.py [--sizes 1000,5000,10000] [--reps 1] [--resume-size 1000] [--threads 2]
                                     [--batch-size 100] [--out bench/results/scale.json]
 
 Every run is ``eval.py`` in its own process (so its peak memory is its own), as a user starts it::
@@ -10,16 +10,22 @@ Every run is ``eval.py`` in its own process (so its peak memory is its own), as 
             logger=none trainer.num_threads=<threads> run_dir=<temporary folder>
 
 (clean accuracy and a 2-iteration APGD-CE with the shipped small CLIP; the masking checks are off because they
-attack the first batch only, a fixed cost). Figures, largest size over smallest:
+attack the first batch only, a fixed cost). ``--reps R`` runs every size R times, in rounds (one run of each size
+per round, the order reversed every other round, so a drift of the machine's load reaches both ends). Figures,
+largest size over smallest:
 
 1. **seconds per image, steady state** (goal <= 1.10): per batch, the test loop's own timings from
-   ``progress/rank0.jsonl`` (data loading + clean forward + attack) / batch size; the figure is the ratio of the
-   two runs' medians, its interval [low_big / high_small, high_big / low_small] from each median's 97.5%
-   order-statistic interval (so at least 95% jointly); it decides the goal as in ``bench/harness.py``.
+   ``progress/rank0.jsonl`` (data loading + clean forward + attack) / batch size, pooled over the rounds; the
+   figure is the ratio of the two sizes' medians, its interval [low_big / high_small, high_big / low_small] from
+   each median's 97.5% order-statistic interval (so at least 95% jointly); it decides the goal as in
+   ``bench/harness.py``.
 2. **seconds per image of the whole test loop** (``timings.json`` ``test_loop``: every batch, the progress files,
    the end-of-run gather and summary; one value per run, no interval) and **wall seconds per image** (start-up
    included, which the larger run amortises): information.
-3. **peak resident memory** (``ru_maxrss`` of the process) (goal <= 1.10; one value per run).
+3. **peak resident memory** (``ru_maxrss`` of the process) (goal <= 1.10): the median of the per-round ratios
+   with its order-statistic interval. glibc's heap moves a process's peak by up to ~25% between identical runs
+   (fragmentation: with a fixed ``MALLOC_MMAP_THRESHOLD_`` the resident set stays flat over 10,000 images, at about
+   twice the run time), so one run per size decides nothing: the figure needs 6 rounds for a 95% interval.
 4. **kill and resume** at ``--resume-size`` images: SIGTERM once half of the batches are in the progress file, then
    ``resume=true`` on the same folder; the resumed ``samples.csv`` must equal the uninterrupted run's (the script
    fails otherwise); the overhead is (killed + resumed wall) / uninterrupted wall - 1.
@@ -54,7 +60,8 @@ EACH_CONFIDENCE = 0.975
 # Runs of different sizes cannot be interleaved: when the 1-minute load average around them moves by more than this,
 # their timing ratio measures the load, not the size, and the timing figures are reported undecided.
 LOAD_SPREAD_LIMIT = 0.5
-PROFILES = {"quick": dict(sizes=(200, 500), resume_size=200), "full": dict(sizes=(1000, 5000, 10000), resume_size=1000)}
+PROFILES = {"quick": dict(sizes=(200, 500), resume_size=200, reps=1),
+            "full": dict(sizes=(1000, 5000, 10000), resume_size=1000, reps=6)}
 
 
 def eval_args(n: int | str, run_dir: Path, threads: int, data_root: Path = DATA_ROOT) -> list[str]:
@@ -93,6 +100,7 @@ def ratio_of_medians(big: list[float], small: list[float]) -> Spread:
 
 
 def one_size(n: int, root: Path, threads: int, data_root: Path = DATA_ROOT) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
     run_dir = root / f"n{n}"
     load_before = os.getloadavg()[0]
     run = run_eval_process(eval_args(n, run_dir, threads, data_root), root / f"n{n}.log")
@@ -142,32 +150,59 @@ def kill_and_resume(n: int, root: Path, threads: int, uninterrupted: Path, unint
             "identical_results": same_numbers}
 
 
+def by_size(rows: list[dict]) -> dict[int, list[dict]]:
+    """The runs of every size (one per round), smallest size first."""
+    out: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["images"], r.get("rep", 0))):
+        out.setdefault(row["images"], []).append(row)
+    return out
+
+
+def memory_ratio(small: list[dict], big: list[dict]) -> Spread:
+    """Median of the per-round ratios peak RSS(big) / peak RSS(small), with its 95% order-statistic interval (its
+    coverage is below 95%, so the figure undecided, with fewer than 6 rounds)."""
+    ratios = [b["peak_rss_mb"] / s["peak_rss_mb"] for s, b in zip(small, big)]
+    return median_interval(ratios)
+
+
 def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
-    small, big = rows[0], rows[-1]
-    span = f"{small['images']} -> {big['images']} images"
-    steady = ratio_of_medians(big["batch_s_per_image"], small["batch_s_per_image"])
+    sizes = by_size(rows)
+    small, big = sizes[min(sizes)], sizes[max(sizes)]
+    n_small, n_big = small[0]["images"], big[0]["images"]
+    rounds = min(len(small), len(big))
+    span = f"{n_small} -> {n_big} images"
+    pooled = {n: [x for r in runs for x in r["batch_s_per_image"]] for n, runs in ((n_small, small), (n_big, big))}
+    steady = ratio_of_medians(pooled[n_big], pooled[n_small])
     loads = [x for r in rows for x in r["load_avg_1m"]]
     load_note = ""
     if max(loads) - min(loads) > LOAD_SPREAD_LIMIT:
         steady = Spread(steady.median, steady.low, steady.high, steady.reps, 0.0)  # not comparable: undecided
         load_note = (f"; LOAD CHANGED between the runs (1-min load {min(loads):.1f}-{max(loads):.1f}): timing "
                      "ratios not comparable, rerun on a quiet machine")
-    loop = big["test_loop_s_per_image"] / small["test_loop_s_per_image"]
-    wall = big["wall_s_per_image"] / small["wall_s_per_image"]
-    rss = big["peak_rss_mb"] / small["peak_rss_mb"]
+
+    def mid(runs: list[dict], key: str) -> float:
+        return median([r[key] for r in runs])
+
+    loop = mid(big, "test_loop_s_per_image") / mid(small, "test_loop_s_per_image")
+    wall = mid(big, "wall_s_per_image") / mid(small, "wall_s_per_image")
+    rss = memory_ratio(small, big)
+    peaks = {n: sorted(round(r["peak_rss_mb"]) for r in runs) for n, runs in ((n_small, small), (n_big, big))}
+    each = "one run each" if rounds == 1 else f"median of {rounds} rounds"
     out = [
         Headline.from_spread("scale", f"seconds per image per batch (steady state), {span}", steady, goal=GOAL,
-                             why=f"{small['batch_s_per_image_median'] * 1e3:.2f} -> {big['batch_s_per_image_median'] * 1e3:.2f} "
-                                 f"ms/image; clean + APGD-CE 2 it., small CLIP{load_note}"),
+                             why=f"{median(pooled[n_small]) * 1e3:.2f} -> {median(pooled[n_big]) * 1e3:.2f} "
+                                 f"ms/image; clean + APGD-CE 2 it., small CLIP; batches of {rounds} round(s){load_note}"),
         Headline("scale", f"seconds per image of the whole test loop, {span}", loop,
-                 why=f"{small['test_loop_s_per_image'] * 1e3:.2f} -> {big['test_loop_s_per_image'] * 1e3:.2f} ms/image; "
-                     f"one run each, no interval{load_note}"),
+                 why=f"{mid(small, 'test_loop_s_per_image') * 1e3:.2f} -> {mid(big, 'test_loop_s_per_image') * 1e3:.2f} "
+                     f"ms/image; {each}, no interval{load_note}"),
         Headline("scale", f"wall seconds per image incl. start-up, {span}", wall,
-                 why=f"{small['wall_s']:.1f} s -> {big['wall_s']:.1f} s; the fixed start-up is amortised{load_note}"),
-        Headline("scale", f"peak resident memory, {span}", rss, goal=GOAL,
-                 why=f"{small['peak_rss_mb']:.0f} -> {big['peak_rss_mb']:.0f} MB, "
-                     f"{(big['peak_rss_mb'] - small['peak_rss_mb']) * 1024 / (big['images'] - small['images']):.0f} KB per "
-                     "added image (the per-sample result columns are ~0.1 KB); one run each"),
+                 why=f"{mid(small, 'wall_s'):.1f} s -> {mid(big, 'wall_s'):.1f} s ({each}); the fixed start-up is "
+                     f"amortised{load_note}"),
+        Headline.from_spread("scale", f"peak resident memory, {span}", rss, goal=GOAL,
+                             why=f"peaks {peaks[n_small]} -> {peaks[n_big]} MB; per-round ratios; no per-image state "
+                                 "(the per-sample result columns are ~0.1 KB): glibc heap fragmentation moves the peak "
+                                 "by up to ~25% between identical runs"
+                                 + ("; one round cannot decide" if rounds < 6 else "")),
     ]
     if resume:
         out.append(Headline("scale", f"kill at half + resume / uninterrupted wall clock, {resume['images']} images",
@@ -178,21 +213,26 @@ def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
     return out
 
 
-def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path = DATA_ROOT) -> dict:
+def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path = DATA_ROOT, reps: int = 1) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
-        rows = [one_size(n, root, threads, data_root) for n in sizes]
+        rows = []
+        for rep in range(reps):  # rounds: every size once, every other round in reverse order
+            for n in (sizes if rep % 2 == 0 else sizes[::-1]):
+                rows.append({**one_size(n, root / f"round{rep}", threads, data_root), "rep": rep})
         resume = None
         if resume_size:
             base = next((r for r in rows if r["images"] == resume_size), None)
             if base is None:
-                base = one_size(resume_size, root, threads, data_root)
-            resume = kill_and_resume(resume_size, root, threads, root / f"n{resume_size}", base["wall_s"], data_root)
+                base = one_size(resume_size, root / "round0", threads, data_root)
+            resume = kill_and_resume(resume_size, root, threads, root / "round0" / f"n{resume_size}", base["wall_s"],
+                                     data_root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     heads = headlines(rows, resume)
     template = eval_args("<N>", Path("<run_dir>"), threads, Path("../shared/data/cifar10/test"))
-    return {"sizes": sizes, "threads": threads, "batch_size": BATCH, "eval_args": template, "rows": rows, "resume": resume, "headline": heads,
+    return {"sizes": sizes, "reps": reps, "threads": threads, "batch_size": BATCH, "eval_args": template, "rows": rows,
+            "resume": resume, "headline": heads,
             "verdicts": {h.figure: verdict(h.spread, h.goal, h.ratio) for h in heads if h.goal is not None}}
 
 
@@ -209,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full",
                     help="quick: 200 and 500 images (a check of the script); full: 1,000, 5,000 and 10,000")
     ap.add_argument("--sizes", default=None, help="comma-separated image counts (overrides the profile)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="rounds (every size once per round; default: quick 1, full 6, which decides the memory goal)")
     ap.add_argument("--resume-size", type=int, default=None, help="images of the kill-and-resume run (0: skip it)")
     ap.add_argument("--threads", type=int, default=2, help="trainer.num_threads of every run")
     ap.add_argument("--batch-size", type=int, default=BATCH, help="data.batch_size of every run")
@@ -222,7 +264,10 @@ def main(argv=None) -> int:
     profile = PROFILES[args.profile]
     sizes = parse_sizes(args.sizes) if args.sizes else list(profile["sizes"])
     resume_size = profile["resume_size"] if args.resume_size is None else args.resume_size
-    payload = run(sizes, resume_size or None, args.threads)
+    reps = profile["reps"] if args.reps is None else args.reps
+    if reps < 1:
+        raise SystemExit(f"--reps {reps}: give at least one round")
+    payload = run(sizes, resume_size or None, args.threads, reps=reps)
     path = write_result("scale", {"profile": args.profile, **payload}, args.out)
     print(markdown_table(payload["headline"]))
     print(f"written: {os.path.relpath(path, REPO)}")
