@@ -208,7 +208,7 @@ def machine_info() -> dict[str, Any]:
 
 @dataclass
 class Headline:
-    """One row of the suite table: a figure, its goal (if the issue set one) and why it misses it, if it does.
+    """One row of the suite table: a figure, its goal (if one was set) and why it misses it, if it does.
 
     ``ratio`` is dimensionless (defended / plain, framework / plain, ...); ``goal`` is the largest acceptable ratio
     (``None``: no goal, the row is information); ``why`` explains a missed goal or qualifies the figure.

@@ -44,7 +44,7 @@ from bench.harness import (REPO, Headline, goals_decided, log, median, median_in
                            time_round_robin, write_result)
 
 PROFILES = {
-    # quick: what `make bench` runs (the whole suite in about 12 minutes on 2 cores); full: the sizes.
+    # quick: what `make bench` runs (the whole suite in about 12 minutes on 2 cores); full: the larger sizes (ViT-B-32 at batch 32).
     # max_reps / budget_s: ViT-B-32 (the model with goals) repeats until both goals are decided, at most this long.
     "quick": dict(batch={"ViT-B-32": 8, "small": 32}, reps=5, diffpure_steps=(1, 2), vitb32_diff_e2e=False,
                   max_reps=12, budget_s=120),

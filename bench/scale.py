@@ -23,7 +23,7 @@ largest size over smallest:
    the end-of-run gather and summary; one value per run, no interval) and **wall seconds per image** (start-up
    included, which the larger run amortises): information.
 3. **peak resident memory** (``ru_maxrss`` of the process) (goal <= 1.10): the median of the per-round ratios
-   with its order-statistic interval. glibc's heap moves a process's peak by up to ~25% between identical runs
+   with its order-statistic interval. glibc's heap moves a process's peak by up to a third between identical runs
    (fragmentation: with a fixed ``MALLOC_MMAP_THRESHOLD_`` the resident set stays flat over 10,000 images, at about
    twice the run time), so one run per size decides nothing: the figure needs 6 rounds for a 95% interval.
 4. **kill and resume** at ``--resume-size`` images: SIGTERM once half of the batches are in the progress file, then
@@ -57,8 +57,9 @@ BATCH = 100
 GOAL = 1.10
 # Each median's interval at 97.5%: the two together cover the ratio with at least 95% (Bonferroni).
 EACH_CONFIDENCE = 0.975
-# Runs of different sizes cannot be interleaved: when the 1-minute load average around them moves by more than this,
-# their timing ratio measures the load, not the size, and the timing figures are reported undecided.
+# When the mean 1-minute load average around the runs of the two sizes differs by more than this, their timing ratio
+# measures the load, not the size, and the timing figures are reported undecided. (Rounds in alternating order make
+# a drift reach both sizes alike; the runs' own threads are part of the load.)
 LOAD_SPREAD_LIMIT = 0.5
 PROFILES = {"quick": dict(sizes=(200, 500), resume_size=200, reps=1),
             "full": dict(sizes=(1000, 5000, 10000), resume_size=1000, reps=6)}
@@ -165,6 +166,12 @@ def memory_ratio(small: list[dict], big: list[dict]) -> Spread:
     return median_interval(ratios)
 
 
+def mean_load(runs: list[dict]) -> float:
+    """The mean of the 1-minute load averages read before and after each of ``runs``."""
+    loads = [x for r in runs for x in r["load_avg_1m"]]
+    return sum(loads) / len(loads)
+
+
 def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
     sizes = by_size(rows)
     small, big = sizes[min(sizes)], sizes[max(sizes)]
@@ -173,12 +180,12 @@ def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
     span = f"{n_small} -> {n_big} images"
     pooled = {n: [x for r in runs for x in r["batch_s_per_image"]] for n, runs in ((n_small, small), (n_big, big))}
     steady = ratio_of_medians(pooled[n_big], pooled[n_small])
-    loads = [x for r in rows for x in r["load_avg_1m"]]
+    load_small, load_big = mean_load(small), mean_load(big)
     load_note = ""
-    if max(loads) - min(loads) > LOAD_SPREAD_LIMIT:
+    if abs(load_big - load_small) > LOAD_SPREAD_LIMIT:
         steady = Spread(steady.median, steady.low, steady.high, steady.reps, 0.0)  # not comparable: undecided
-        load_note = (f"; LOAD CHANGED between the runs (1-min load {min(loads):.1f}-{max(loads):.1f}): timing "
-                     "ratios not comparable, rerun on a quiet machine")
+        load_note = (f"; LOAD CHANGED between the sizes' runs (mean 1-min load {load_small:.1f} vs {load_big:.1f}): "
+                     "timing ratios not comparable, rerun on a quiet machine")
 
     def mid(runs: list[dict], key: str) -> float:
         return median([r[key] for r in runs])
@@ -201,7 +208,7 @@ def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
         Headline.from_spread("scale", f"peak resident memory, {span}", rss, goal=GOAL,
                              why=f"peaks {peaks[n_small]} -> {peaks[n_big]} MB; per-round ratios; no per-image state "
                                  "(the per-sample result columns are ~0.1 KB): glibc heap fragmentation moves the peak "
-                                 "by up to ~25% between identical runs"
+                                 "by up to a third between identical runs"
                                  + ("; one round cannot decide" if rounds < 6 else "")),
     ]
     if resume:
