@@ -1,7 +1,7 @@
 """Scale: one evaluation of growing size on the CIFAR-10 test JPEGs, and a kill-and-resume (not a test).
 
     .venv/bin/python bench/scale.py [--sizes 1000,5000,10000] [--reps 1] [--resume-size 1000] [--threads 2]
-                                    [--batch-size 100] [--out bench/results/scale.json]
+                                    [--batch-size 100] [--env KEY=VALUE ...] [--out bench/results/scale.json]
 
 Every run is ``eval.py`` in its own process (so its peak memory is its own), as a user starts it::
 
@@ -100,11 +100,11 @@ def ratio_of_medians(big: list[float], small: list[float]) -> Spread:
                   1.0 - (1.0 - b.coverage) - (1.0 - s.coverage))
 
 
-def one_size(n: int, root: Path, threads: int, data_root: Path = DATA_ROOT) -> dict:
+def one_size(n: int, root: Path, threads: int, data_root: Path = DATA_ROOT, env: dict[str, str] | None = None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     run_dir = root / f"n{n}"
     load_before = os.getloadavg()[0]
-    run = run_eval_process(eval_args(n, run_dir, threads, data_root), root / f"n{n}.log")
+    run = run_eval_process(eval_args(n, run_dir, threads, data_root), root / f"n{n}.log", extra_env=env)
     if run.returncode != 0:
         raise RuntimeError(f"eval.py on {n} images exited {run.returncode}:\n{log_tail(root / f'n{n}.log')}")
     results = json.loads((run_dir / "results.json").read_text())
@@ -220,13 +220,14 @@ def headlines(rows: list[dict], resume: dict | None) -> list[Headline]:
     return out
 
 
-def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path = DATA_ROOT, reps: int = 1) -> dict:
+def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path = DATA_ROOT, reps: int = 1,
+        env: dict[str, str] | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         rows = []
         for rep in range(reps):  # rounds: every size once, every other round in reverse order
             for n in (sizes if rep % 2 == 0 else sizes[::-1]):
-                rows.append({**one_size(n, root / f"round{rep}", threads, data_root), "rep": rep})
+                rows.append({**one_size(n, root / f"round{rep}", threads, data_root, env), "rep": rep})
         resume = None
         if resume_size:
             base = next((r for r in rows if r["images"] == resume_size), None)
@@ -238,7 +239,7 @@ def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path
         shutil.rmtree(root, ignore_errors=True)
     heads = headlines(rows, resume)
     template = eval_args("<N>", Path("<run_dir>"), threads, Path("../shared/data/cifar10/test"))
-    return {"sizes": sizes, "reps": reps, "threads": threads, "batch_size": BATCH, "eval_args": template, "rows": rows,
+    return {"sizes": sizes, "reps": reps, "env": env or {}, "threads": threads, "batch_size": BATCH, "eval_args": template, "rows": rows,
             "resume": resume, "headline": heads,
             "verdicts": {h.figure: verdict(h.spread, h.goal, h.ratio) for h in heads if h.goal is not None}}
 
@@ -259,6 +260,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None,
                     help="rounds (every size once per round; default: quick 1, full 6, which decides the memory goal)")
     ap.add_argument("--resume-size", type=int, default=None, help="images of the kill-and-resume run (0: skip it)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable of every eval.py run, e.g. --env MALLOC_MMAP_THRESHOLD_=131072 "
+                         "(glibc's allocator: the peak memory without heap fragmentation)")
     ap.add_argument("--threads", type=int, default=2, help="trainer.num_threads of every run")
     ap.add_argument("--batch-size", type=int, default=BATCH, help="data.batch_size of every run")
     ap.add_argument("--out", type=Path, default=None, help="default: bench/results/scale.json")
@@ -274,7 +278,10 @@ def main(argv=None) -> int:
     reps = profile["reps"] if args.reps is None else args.reps
     if reps < 1:
         raise SystemExit(f"--reps {reps}: give at least one round")
-    payload = run(sizes, resume_size or None, args.threads, reps=reps)
+    bad = [e for e in args.env if "=" not in e]
+    if bad:
+        raise SystemExit(f"--env {bad[0]!r}: expected KEY=VALUE")
+    payload = run(sizes, resume_size or None, args.threads, reps=reps, env=dict(e.split("=", 1) for e in args.env))
     path = write_result("scale", {"profile": args.profile, **payload}, args.out)
     print(markdown_table(payload["headline"]))
     print(f"written: {os.path.relpath(path, REPO)}")
