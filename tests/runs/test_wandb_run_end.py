@@ -44,6 +44,7 @@ def expected_partial(run_dir) -> dict:
 
 
 @needs_shared_cifar
+@pytest.mark.slow  # a launch stopped mid-run by SIGTERM, then resumed
 @pytest.mark.timeout(600)
 def test_stopped_run_records_exit_143_and_its_partial_numbers_and_resuming_continues_the_same_wandb_run(tmp_path):
     run_dir = tmp_path / "run"

@@ -99,6 +99,7 @@ def test_agent_run_logs_the_live_series_that_early_terminate_acts_on_and_the_fin
 
 
 @needs_shared_cifar
+@pytest.mark.slow  # two launches stopped mid-run by signals
 @pytest.mark.timeout(600)
 def test_agent_run_stopped_by_sigterm_is_marked_preempting_and_one_stopped_by_ctrl_c_is_not(tmp_path):
     """SIGTERM to a sweep's run is how a scheduler preempts it (W&B requeues a preempting run); Ctrl-C, or a stop
