@@ -96,6 +96,7 @@ def test_a_node_rank_beyond_num_nodes_is_refused_and_no_launcher_is_not_checked(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # launches eval.py under several launchers' environments
 @pytest.mark.timeout(240)
 def test_eval_refuses_a_mismatched_launch_with_exit_2_before_creating_the_run_folder(tmp_path):
     for name, env, args in (("torchrun", TORCHRUN_2X4, ["trainer.devices=4", f"output_root={tmp_path / 'runs'}"]),

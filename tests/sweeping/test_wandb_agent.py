@@ -28,6 +28,7 @@ TINY_ATTACK = ["experiment=tiny", "data.num_samples=4", "data.batch_size=2", "tr
 
 
 @needs_shared_cifar
+@pytest.mark.slow  # the live-series test below keeps an agent run in the default tier
 @pytest.mark.timeout(300)
 def test_agent_launched_run_records_sweep_id_swept_config_and_the_sweep_metric(tmp_path):
     spec = load_sweep(PROJECT_ROOT / "sweeps" / "cos_step_size_x_steps.yaml")
