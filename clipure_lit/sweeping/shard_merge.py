@@ -35,7 +35,7 @@ from clipure_lit.errors import ConfigError
 from clipure_lit.results import read_json, summarise, table_from_columns, write_json
 from clipure_lit.run_folder import exclusive_run_folder, run_log, write_config
 from clipure_lit.sweeping.run_status import DONE, run_state
-from clipure_lit.sweeping.shard_runs import shard_folders
+from clipure_lit.sweeping.shard_runs import saved_config, shard_folders
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ def whole_selection(cfg: DictConfig) -> ZeroShotDataModule:
     module = ZeroShotDataModule(data)
     module.setup("test")
     return module
-
-
-def _saved_config(folder: Path) -> dict:
-    return json.loads((folder / "progress" / "config.json").read_text())["config"]
 
 
 def _unfinished(folders: list[Path], finish: str) -> None:
@@ -73,7 +69,7 @@ def _unfinished(folders: list[Path], finish: str) -> None:
 def _check_configs(folders: list[Path], expected: dict) -> list[dict]:
     """Every shard's saved config against shard 0's, and shard 0's against the config of this command (each with
     its own ``data.shard``); returns the saved configs."""
-    configs = [_saved_config(folder) for folder in folders]
+    configs = [saved_config(folder) for folder in folders]
     problems = []
     for i, config in enumerate(configs):
         against = {**expected, "data": {**expected["data"], "shard": config.get("data", {}).get("shard")}}

@@ -31,13 +31,26 @@ def _run_folders(source: Path) -> list[Path]:
     return sorted(p for p in source.iterdir() if p.is_dir() and (p / SAVED_CONFIG).is_file())
 
 
+def saved_config(folder: Path) -> dict:
+    """The resolved config the run in ``folder`` was made with (``progress/config.json``).
+
+    Raises:
+        ConfigError: the file is missing or unreadable.
+    """
+    try:
+        config = json.loads((folder / SAVED_CONFIG).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"Cannot read the saved config of the run in '{folder}' ({folder / SAVED_CONFIG}: {exc}). "
+                          "Fix: leave that folder out of the merge, or run it again.") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"The saved config of the run in '{folder}' ({folder / SAVED_CONFIG}) is not a mapping. "
+                          "Fix: leave that folder out of the merge, or run it again.")
+    return config
+
+
 def _shard_of(folder: Path) -> tuple[int, int | None]:
     """``(data.num_shards, data.shard)`` of the run in ``folder``."""
-    try:
-        data = json.loads((folder / SAVED_CONFIG).read_text())["config"].get("data", {})
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise ConfigError(f"Cannot read the saved config of the run in '{folder}' ({folder / SAVED_CONFIG}: {exc}). "
-                          "Fix: leave that folder out of --from, or run it again.") from None
+    data = saved_config(folder).get("data") or {}
     return int(data.get("num_shards") or 1), data.get("shard")
 
 
