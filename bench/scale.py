@@ -128,14 +128,15 @@ def recorded(run, run_dir: Path, data_root: Path) -> dict:
 
 
 def kill_and_resume(n: int, root: Path, threads: int, uninterrupted: Path, uninterrupted_wall: float,
-                    data_root: Path = DATA_ROOT) -> dict:
+                    data_root: Path = DATA_ROOT, env: dict[str, str] | None = None) -> dict:
     """SIGTERM at half of the batches, resume, compare with the uninterrupted run of the same size."""
     run_dir = root / f"killed{n}"
     half = -(-n // BATCH) // 2
     killed = run_eval_process(eval_args(n, run_dir, threads, data_root), root / "killed.log",
-                              stop_when=lambda: len(batch_lines(run_dir)) >= half)
+                              stop_when=lambda: len(batch_lines(run_dir)) >= half, extra_env=env)
     done_at_kill = len(batch_lines(run_dir))
-    resumed = run_eval_process([*eval_args(n, run_dir, threads, data_root), "resume=true"], root / "resumed.log")
+    resumed = run_eval_process([*eval_args(n, run_dir, threads, data_root), "resume=true"], root / "resumed.log",
+                               extra_env=env)
     if resumed.returncode != 0:
         raise RuntimeError(f"the resumed run exited {resumed.returncode}:\n{log_tail(root / 'resumed.log')}")
     same_samples = (run_dir / "samples.csv").read_bytes() == (uninterrupted / "samples.csv").read_bytes()
@@ -232,9 +233,9 @@ def run(sizes: list[int], resume_size: int | None, threads: int, data_root: Path
         if resume_size:
             base = next((r for r in rows if r["images"] == resume_size), None)
             if base is None:
-                base = one_size(resume_size, root / "round0", threads, data_root)
+                base = one_size(resume_size, root / "round0", threads, data_root, env)
             resume = kill_and_resume(resume_size, root, threads, root / "round0" / f"n{resume_size}", base["wall_s"],
-                                     data_root)
+                                     data_root, env)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     heads = headlines(rows, resume)
